@@ -1,0 +1,11 @@
+"""monai-ssl-ext: self-supervised pretraining components for MONAI bundles.
+
+Importing the package imports every submodule, so that MONAI's ComponentLocator resolves the
+classes defined here by their short names in bundle configs (``"$import monai_ssl_ext"``).
+"""
+
+__version__ = "0.1.0"
+
+from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms  # noqa: E402
+from . import encoders  # noqa: E402
+from .encoders import load_encoder  # noqa: E402

@@ -1,0 +1,239 @@
+"""Datalist readers and label-budget samplers.
+
+Every bundle reads its file lists through this module, so the error messages are the same
+everywhere and always name the offending file (and line / path where relevant):
+
+* :func:`read_frame_csv` -- the ``path,label`` frame CSVs written by ``scripts/extract_frames.py``
+  (and the published SimCLR ``sample_csv.csv``, which has no header);
+* :func:`load_datalist` -- MONAI decathlon-style JSON datalists;
+* :func:`percent_subset` -- "N% of the training items", seeded (tool-segmentation ``--perc``);
+* :func:`class_balanced_subset` / :func:`budget_subset` -- class-balanced label budgets of the
+  SimCLR linear-probe protocol (1% = 200 frames per class, 10% = 2000 per class, 100% = all).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BUDGETS",
+    "budget_subset",
+    "class_balanced_subset",
+    "load_datalist",
+    "percent_subset",
+    "read_frame_csv",
+]
+
+#: Linear-probe label budgets of the SimCLR surgical-video recipe (frames per class).
+#: ``None`` means "every labelled item".
+BUDGETS: dict[str, int | None] = {"1%": 200, "10%": 2000, "100%": None}
+
+
+def read_frame_csv(
+    csv_path: str | os.PathLike, base_dir: str | os.PathLike | None = None, check_files: bool = True
+) -> list[dict[str, Any]]:
+    """Read a ``path,label`` frame CSV into a MONAI-style list of dicts.
+
+    The format is the one written by ``scripts/extract_frames.py`` and the published
+    ``sample_csv.csv``: one frame per row, ``<image path>,<integer label>``. A first line
+    ``path,label`` is a header and is skipped (the published file has none). Blank lines are
+    ignored. The label is ``-1`` for unlabelled frames; SSL pretraining ignores it.
+
+    Args:
+        csv_path: the CSV file.
+        base_dir: folder that relative image paths are resolved against; by default the
+            folder holding the CSV. Absolute paths are kept as they are.
+        check_files: check that every listed image exists (one ``stat`` per row).
+
+    Returns:
+        ``[{"image": <absolute path>, "label": <int>}, ...]`` in file order.
+
+    Raises:
+        FileNotFoundError: the CSV does not exist, or (with ``check_files``) a listed image does
+            not exist -- the message names the CSV, the line and the image path.
+        ValueError: the CSV has no data rows, or a row is not ``path,label`` with an integer
+            label -- the message names the CSV and the line.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"frame CSV {str(csv_path)!r} does not exist.")
+    root = Path(base_dir) if base_dir is not None else csv_path.resolve().parent
+    items: list[dict[str, Any]] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in row] == ["path", "label"]:
+                continue
+            if len(row) != 2:
+                raise ValueError(
+                    f"{csv_path}, line {lineno}: expected 2 fields 'path,label', got {len(row)}: {row!r}."
+                )
+            path_s, label_s = row[0].strip(), row[1].strip()
+            if not path_s:
+                raise ValueError(f"{csv_path}, line {lineno}: empty image path.")
+            try:
+                label = int(label_s)
+            except ValueError:
+                raise ValueError(
+                    f"{csv_path}, line {lineno}: label {label_s!r} of {path_s!r} is not an integer."
+                ) from None
+            path = Path(os.path.expanduser(path_s))
+            if not path.is_absolute():
+                path = root / path
+            path_abs = os.path.normpath(os.path.abspath(path))
+            if check_files and not os.path.isfile(path_abs):
+                raise FileNotFoundError(f"{csv_path}, line {lineno}: image {path_abs!r} does not exist.")
+            items.append({"image": path_abs, "label": label})
+    if not items:
+        raise ValueError(f"frame CSV {str(csv_path)!r} has no data rows.")
+    return items
+
+
+def percent_subset(items: Sequence, perc: float, seed: int = 42) -> list:
+    """A seeded random ``perc`` percent of ``items`` (the tool-segmentation ``--perc`` option).
+
+    ``k = floor(len(items) * perc / 100)``, at least 1 when ``items`` is not empty. The chosen
+    indices are those of ``random.Random(seed).sample(range(len(items)), k)`` -- the same set as
+    the source's ``random.seed(42); random.sample(items, k)`` -- and they are returned in their
+    original order. ``perc=100`` returns every item in the original order.
+
+    Raises:
+        ValueError: ``perc`` is not a number in (0, 100].
+    """
+    if isinstance(perc, bool) or not isinstance(perc, (int, float)) or not (0 < perc <= 100):
+        raise ValueError(f"perc must be a number in (0, 100], got {perc!r}.")
+    items = list(items)
+    n = len(items)
+    if perc == 100 or n == 0:
+        return items
+    k = min(n, max(1, math.floor(n * perc / 100 + 1e-9)))
+    idx = sorted(random.Random(seed).sample(range(n), k))
+    return [items[i] for i in idx]
+
+
+def _sort_key(label: Hashable) -> tuple:
+    return (type(label).__name__, label) if not isinstance(label, (int, float)) else ("", label)
+
+
+def class_balanced_subset(
+    items: Sequence[dict],
+    per_class: int | None,
+    seed: int = 0,
+    label_key: str = "label",
+    exclude_labels: Sequence = (),
+) -> list[dict]:
+    """Up to ``per_class`` random items of every class (class-balanced label budget).
+
+    Items are grouped by ``item[label_key]``; a class with at most ``per_class`` items is kept
+    whole, a larger one is sampled without replacement. Each class has its own random stream
+    (seeded from ``seed`` and the label), so the draw of one class does not depend on which
+    other classes are present; the result is deterministic for a seed and keeps the original
+    order of ``items``. ``per_class=None`` keeps every item (the 100% budget).
+
+    Args:
+        items: dicts with a ``label_key`` entry (e.g. from :func:`read_frame_csv`).
+        per_class: items per class (the source used 200 for "1%" and 2000 for "10%"), or None.
+        seed: random seed.
+        label_key: the key holding the class label.
+        exclude_labels: labels to drop first (e.g. ``(-1,)`` for unlabelled frames).
+
+    Raises:
+        ValueError: ``per_class`` is not a positive int or None; an item lacks ``label_key``.
+    """
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}.")
+    excluded = set(exclude_labels)
+    groups: dict[Any, list[int]] = {}
+    for i, item in enumerate(items):
+        try:
+            label = item[label_key]
+        except (KeyError, TypeError, IndexError):
+            raise ValueError(f"item {i} has no {label_key!r} entry: {item!r}.") from None
+        if label in excluded:
+            continue
+        groups.setdefault(label, []).append(i)
+    keep: list[int] = []
+    for label in sorted(groups, key=_sort_key):
+        idx = groups[label]
+        if per_class is not None and len(idx) > per_class:
+            idx = random.Random(f"{seed}/{label!r}").sample(idx, per_class)
+        keep.extend(idx)
+    return [items[i] for i in sorted(keep)]
+
+
+def budget_subset(
+    items: Sequence[dict],
+    budget: str | int | None,
+    seed: int = 0,
+    label_key: str = "label",
+    exclude_labels: Sequence = (),
+) -> list[dict]:
+    """Apply a linear-probe label budget by name.
+
+    ``"1%"`` -> 200 items per class, ``"10%"`` -> 2000 per class, ``"100%"`` (or ``"all"`` /
+    None) -> every item; an int (or a digit string) -> that many per class. The sampling is
+    :func:`class_balanced_subset` with ``seed``.
+
+    Raises:
+        ValueError: an unknown budget name or a non-positive count.
+    """
+    per_class: int | None
+    if budget is None:
+        per_class = None
+    elif isinstance(budget, str):
+        b = budget.strip().lower()
+        if b in BUDGETS:
+            per_class = BUDGETS[b]
+        elif b == "all":
+            per_class = None
+        elif b.isdigit():
+            per_class = int(b)
+        else:
+            raise ValueError(
+                f"unknown label budget {budget!r}: use one of {sorted(BUDGETS)}, 'all' or a count per class."
+            )
+    elif isinstance(budget, int) and not isinstance(budget, bool):
+        per_class = budget
+    else:
+        raise ValueError(f"label budget must be one of {sorted(BUDGETS)} or an int, got {budget!r}.")
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"label budget must be at least 1 item per class, got {budget!r}.")
+    return class_balanced_subset(items, per_class, seed=seed, label_key=label_key, exclude_labels=exclude_labels)
+
+
+def load_datalist(
+    path: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None, is_segmentation: bool = True
+) -> list[dict]:
+    """Load one list of a MONAI decathlon-style JSON datalist, with paths made absolute.
+
+    A thin wrapper on :func:`monai.data.load_decathlon_datalist` (relative paths are resolved
+    against ``base_dir`` or else the JSON's folder) with errors that name the file and key.
+
+    Raises:
+        FileNotFoundError: the JSON file does not exist.
+        ValueError: the file is not valid JSON, ``key`` is absent, or the list is empty.
+    """
+    from monai.data import load_decathlon_datalist
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {str(path)!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"datalist {str(path)!r} is not valid JSON: {e}.") from None
+    if not isinstance(content, dict) or key not in content:
+        keys = sorted(content) if isinstance(content, dict) else []
+        raise ValueError(f"datalist {str(path)!r} has no key {key!r} (keys: {keys}).")
+    if not isinstance(content[key], list) or not content[key]:
+        raise ValueError(f"datalist {str(path)!r}: list {key!r} is empty or not a list.")
+    return load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)

@@ -1,0 +1,384 @@
+"""The encoder hand-off: one file format, one weight-spec syntax, one key-mapping loader.
+
+``encoder.pt`` (written by pretraining bundles)::
+
+    {"format": 1, "arch": "efficientnet-b0", "spatial_dims": 2, "in_channels": 3,
+     "feature_dim": 1280, "first_conv": "_conv_stem.weight",
+     "normalization": {"mean": [...], "std": [...]},   # what the pretraining inputs were
+     "method": "simclr", "package_version": "0.1.0", "epoch": 12,
+     "state_dict": {...trunk keys only...}}
+
+Weight spec (``pretrained_encoder`` in finetuning bundles, ``init_weights`` in pretraining ones):
+a path to an ``encoder.pt``; ``timm:<model-name>`` (ImageNet weights that timm downloads, or finds
+in the Hugging Face cache); or null (random initialisation).
+
+:func:`load_encoder` maps the source trunk's keys onto a downstream trunk and raises unless every
+downstream tensor is filled and every source tensor is used (apart from the per-family ignore
+list), so a hand-off never fails silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import __version__
+from .networks.backbones import TIMM_PREFIX, Backbone, build_backbone
+
+__all__ = [
+    "EncoderLoadError",
+    "LoadReport",
+    "export_encoder",
+    "read_encoder",
+    "resolve_weight_spec",
+    "map_encoder_keys",
+    "load_encoder",
+    "convert_input_channels",
+    "pretrained_backbone",
+]
+
+logger = logging.getLogger("monai_ssl_ext.encoders")
+
+FORMAT_VERSION = 1
+HEADER_KEYS = ("format", "arch", "spatial_dims", "in_channels", "first_conv", "normalization", "method")
+
+# Downstream tensors that no trunk provides and no downstream forward uses: MONAI's EfficientNet
+# encoder keeps the ImageNet classifier ``_fc`` that FlexibleUNet never calls.
+IGNORE_MISSING = {"monai-efficientnet": (r"^_fc\.",)}
+
+
+class EncoderLoadError(RuntimeError):
+    """The encoder file is unreadable or does not fit the downstream trunk."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_encoder` did."""
+
+    source: str
+    arch: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+    header: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unused or self.mismatched)
+
+    def summary(self) -> str:
+        text = (
+            f"encoder {self.source} ({self.arch}): loaded {len(self.loaded)} tensors, "
+            f"missing {len(self.missing)}, unused {len(self.unused)}, shape mismatches {len(self.mismatched)}, "
+            f"ignored {len(self.ignored)}"
+        )
+        if self.converted:
+            text += f", input channels converted: {', '.join(self.converted)}"
+        return text
+
+    def params(self) -> dict:
+        """Flat dict for experiment tracking."""
+        out = {f"encoder_{k}": v for k, v in self.header.items() if k != "state_dict"}
+        out.update(encoder_source=self.source, encoder_loaded=len(self.loaded))
+        return out
+
+
+def export_encoder(
+    backbone: Backbone, path: str, method: str, normalization: dict | None = None, **extra
+) -> dict:
+    """Write ``backbone.trunk``'s weights and header to ``path`` (atomically); returns the payload."""
+    state = {k: v.detach().cpu().clone() for k, v in backbone.trunk.state_dict().items()}
+    payload = {
+        "format": FORMAT_VERSION,
+        "arch": backbone.arch,
+        "spatial_dims": backbone.spatial_dims,
+        "in_channels": backbone.in_channels,
+        "feature_dim": backbone.feature_dim,
+        "first_conv": backbone.first_conv,
+        "normalization": dict(normalization or {}),
+        "method": method,
+        "package_version": __version__,
+        **extra,
+        "state_dict": state,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return payload
+
+
+def read_encoder(path: str) -> dict:
+    """Load and validate an ``encoder.pt`` (``weights_only=True``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"encoder file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, pickled objects ...
+        raise EncoderLoadError(f"cannot read encoder file {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise EncoderLoadError(f"{path} is not an encoder file: no 'state_dict' (expected the monai-ssl-ext format)")
+    missing = [k for k in HEADER_KEYS if k not in payload]
+    if missing:
+        raise EncoderLoadError(f"{path}: encoder header lacks {missing}")
+    if payload["format"] != FORMAT_VERSION:
+        raise EncoderLoadError(f"{path}: encoder format {payload['format']} is not supported (expected {FORMAT_VERSION})")
+    return payload
+
+
+def _timm_payload(model_name: str) -> dict:
+    """ImageNet weights through timm's own loading path (``pretrained=True``)."""
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ValueError(f"weight spec 'timm:{model_name}': timm has no model named {model_name!r}")
+    try:
+        model = timm.create_model(model_name, pretrained=True, num_classes=0)
+    except Exception as e:
+        raise EncoderLoadError(
+            f"weight spec 'timm:{model_name}': timm could not load pretrained weights ({type(e).__name__}: {e}). "
+            "They are downloaded from the Hugging Face hub: go online once, or put them in the HF cache."
+        ) from e
+    cfg = model.pretrained_cfg
+    first_conv = cfg.get("first_conv", "conv1")
+    first_conv = first_conv[0] if isinstance(first_conv, (list, tuple)) else first_conv
+    return {
+        "format": FORMAT_VERSION,
+        "arch": TIMM_PREFIX + model_name,
+        "spatial_dims": 2,
+        "in_channels": model.pretrained_cfg.get("input_size", (3,))[0],
+        "feature_dim": model.num_features,
+        "first_conv": f"{first_conv}.weight",
+        "normalization": {"mean": list(cfg.get("mean", ())), "std": list(cfg.get("std", ()))},
+        "method": f"timm:{cfg.get('tag') or 'pretrained'}",
+        "state_dict": model.state_dict(),
+    }
+
+
+def resolve_weight_spec(spec: str | None) -> tuple[str, dict] | None:
+    """Weight spec → ``(source description, payload)``; ``None`` for random initialisation."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random")):
+        return None
+    if not isinstance(spec, str):
+        raise ValueError(f"weight spec must be a path, 'timm:<model-name>' or null, got {spec!r}")
+    if spec.startswith("timm:"):
+        return spec, _timm_payload(spec[len("timm:") :])
+    return spec, read_encoder(spec)
+
+
+# ---- key maps --------------------------------------------------------------------------------
+
+def _family(arch: str) -> str:
+    if arch.startswith(TIMM_PREFIX):
+        name = arch[len(TIMM_PREFIX) :]
+        if re.match(r"^tf_efficientnet_(b\d|l2)", name):
+            return "timm-tf-efficientnet"
+        return "timm"
+    if arch.startswith("efficientnet"):
+        return "monai-efficientnet"
+    if re.match(r"^resnet\d+$", arch):
+        return "monai-resnet"
+    return arch
+
+
+def _target_family(target: nn.Module) -> str:
+    from monai.networks.nets.efficientnet import EfficientNet
+    from monai.networks.nets.resnet import ResNet
+
+    if isinstance(target, Backbone):
+        return _family(target.arch)
+    if isinstance(target, EfficientNet):
+        return "monai-efficientnet"
+    if isinstance(target, ResNet):
+        return "monai-resnet"
+    return type(target).__name__
+
+
+_TF_EFFNET_BLOCK = {  # timm block tensor → MONAI MBConvBlock tensor
+    "conv_dw": "_depthwise_conv",
+    "se.conv_reduce": "_se_reduce",
+    "se.conv_expand": "_se_expand",
+}
+_TF_EFFNET_DS = {"conv_pw": "_project_conv", "bn1": "_bn1", "bn2": "_bn2"}  # first stage: no expansion
+_TF_EFFNET_IR = {"conv_pw": "_expand_conv", "bn1": "_bn0", "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"}
+_TF_EFFNET_TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
+
+
+def _map_tf_efficientnet(src_keys: list[str], dst_keys: list[str]) -> dict[str, str]:
+    """timm ``tf_efficientnet_bN`` → MONAI EfficientNet: timm numbers blocks per stage
+    (``blocks.s.j``), MONAI globally (``_blocks.s.g``); tensor names differ by a fixed table."""
+    dst_blocks = sorted(
+        {tuple(map(int, m.groups())) for k in dst_keys if (m := re.match(r"^_blocks\.(\d+)\.(\d+)\.", k))}
+    )
+    src_blocks = sorted(
+        {tuple(map(int, m.groups())) for k in src_keys if (m := re.match(r"^blocks\.(\d+)\.(\d+)\.", k))}
+    )
+    block_map = dict(zip(src_blocks, dst_blocks))
+    mapping = {}
+    for key in src_keys:
+        m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)$", key)
+        if m:
+            stage, idx, module, tensor = int(m[1]), int(m[2]), m[3], m[4]
+            if (stage, idx) not in block_map:
+                continue
+            table = {**_TF_EFFNET_BLOCK, **(_TF_EFFNET_DS if stage == 0 else _TF_EFFNET_IR)}
+            if module in table:
+                s, g = block_map[(stage, idx)]
+                mapping[key] = f"_blocks.{s}.{g}.{table[module]}.{tensor}"
+            continue
+        module, _, tensor = key.rpartition(".")
+        if module in _TF_EFFNET_TOP:
+            mapping[key] = f"{_TF_EFFNET_TOP[module]}.{tensor}"
+    return mapping
+
+
+# (source family, target family) → key map; identity when absent.
+KEY_MAPS: dict[tuple[str, str], Callable[[list[str], list[str]], dict[str, str]]] = {
+    ("timm-tf-efficientnet", "monai-efficientnet"): _map_tf_efficientnet,
+}
+
+
+def map_encoder_keys(src_arch: str, src_keys: list[str], target: nn.Module) -> dict[str, str]:
+    """Source-trunk key → downstream-trunk key, for the pair of families involved."""
+    dst_keys = list(target.state_dict())
+    fn = KEY_MAPS.get((_family(src_arch), _target_family(target)))
+    if fn is not None:
+        return fn(src_keys, dst_keys)
+    return {k: k for k in src_keys}
+
+
+def convert_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a stem convolution to ``in_channels``: to 1 channel by summing the input filters
+    (timm's ``adapt_input_conv``, used by SSL-MedSeg for 3→1), otherwise by repeating the filters
+    and rescaling so that the response to a constant image is unchanged."""
+    c = weight.shape[1]
+    if c == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // c)
+    return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :in_channels] * (c / in_channels)
+
+
+def load_encoder(
+    target: nn.Module,
+    spec: str | dict | None,
+    convert_channels: bool = False,
+    strict: bool = True,
+    expected_normalization: dict | None = None,
+) -> LoadReport | None:
+    """Load a weight spec into a downstream trunk (e.g. ``FlexibleUNet.encoder`` or a
+    :class:`~monai_ssl_ext.networks.backbones.Backbone`); returns and logs a :class:`LoadReport`.
+
+    Args:
+        target: the downstream trunk (a ``Backbone`` is loaded through its ``trunk``).
+        spec: a weight spec (path, ``timm:<model-name>``, null) or an already-read payload.
+        convert_channels: adapt the stem convolution when the input channel counts differ;
+            otherwise such a difference is an error.
+        strict: raise unless every downstream tensor is filled and every source tensor is used
+            (apart from the per-family ignore list).
+        expected_normalization: the finetuning pipeline's input normalisation; a difference from
+            the encoder's header is logged as a warning (and recorded in the report).
+    """
+    if isinstance(spec, dict):
+        source, payload = "<payload>", spec
+    else:
+        resolved = resolve_weight_spec(spec)
+        if resolved is None:
+            logger.info("encoder: random initialisation (weight spec is null)")
+            return None
+        source, payload = resolved
+    module = target.trunk if isinstance(target, Backbone) else target
+    family = _target_family(target)
+    src = payload["state_dict"]
+    dst = module.state_dict()
+    mapping = map_encoder_keys(payload["arch"], list(src), target)
+    report = LoadReport(source=str(source), arch=payload["arch"], header={k: v for k, v in payload.items() if k != "state_dict"})
+    first_conv_dst = mapping.get(payload.get("first_conv", ""))
+    new_state = {}
+    for s_key, tensor in src.items():
+        d_key = mapping.get(s_key)
+        if d_key is None or d_key not in dst:
+            report.unused.append(s_key)
+            continue
+        if d_key == first_conv_dst and tensor.shape != dst[d_key].shape and convert_channels:
+            tensor = convert_input_channels(tensor, dst[d_key].shape[1])
+            report.converted.append(f"{s_key} {payload['in_channels']}→{dst[d_key].shape[1]}")
+        if tensor.shape != dst[d_key].shape:
+            report.mismatched.append(f"{s_key} {tuple(tensor.shape)} → {d_key} {tuple(dst[d_key].shape)}")
+            continue
+        new_state[d_key] = tensor
+        report.loaded.append(d_key)
+    ignore = [re.compile(p) for p in IGNORE_MISSING.get(family, ())]
+    for d_key in dst:
+        if d_key not in new_state:
+            (report.ignored if any(p.search(d_key) for p in ignore) else report.missing).append(d_key)
+    if expected_normalization is not None and payload.get("normalization") and not _same_norm(
+        payload["normalization"], expected_normalization
+    ):
+        msg = (
+            f"encoder {source} was pretrained with normalization {payload['normalization']} but the finetuning "
+            f"pipeline uses {expected_normalization}: set the bundle's `normalization` to match"
+        )
+        report.header["normalization_warning"] = msg
+        logger.warning(msg)
+    if strict and not report.ok:
+        raise EncoderLoadError(_failure_message(report, payload, module))
+    module.load_state_dict(new_state, strict=False)
+    logger.info(report.summary())
+    return report
+
+
+def _same_norm(a: dict, b: dict) -> bool:
+    try:
+        return all(
+            len(a[k]) == len(b[k]) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a[k], b[k]))
+            for k in ("mean", "std")
+        )
+    except (KeyError, TypeError):
+        return a == b
+
+
+def _failure_message(report: LoadReport, payload: dict, module: nn.Module) -> str:
+    def head(items):
+        return ", ".join(items[:5]) + (f" … (+{len(items) - 5})" if len(items) > 5 else "")
+
+    parts = [f"encoder {report.source} (arch {payload['arch']}) does not fit {type(module).__name__}:"]
+    if report.missing:
+        parts.append(f"{len(report.missing)} downstream tensors not filled [{head(report.missing)}]")
+    if report.unused:
+        parts.append(f"{len(report.unused)} encoder tensors unused [{head(report.unused)}]")
+    if report.mismatched:
+        parts.append(f"{len(report.mismatched)} shape mismatches [{head(report.mismatched)}]")
+        if any("weight" in m for m in report.mismatched) and payload.get("in_channels"):
+            parts.append("(different input channels? pass convert_channels=True)")
+    return " ".join(parts)
+
+
+def pretrained_backbone(
+    arch: str | None = None, weights: str | None = None, spatial_dims: int = 2, in_channels: int = 3
+) -> Backbone:
+    """Build a :class:`Backbone` and load a weight spec into it (strictly, converting the stem
+    convolution when the channel counts differ). ``arch=None`` takes the architecture from the
+    encoder file's header."""
+    resolved = resolve_weight_spec(weights)
+    if arch is None:
+        if resolved is None:
+            raise ValueError("pretrained_backbone: give `arch` or an encoder file to take it from")
+        arch = resolved[1]["arch"]
+    backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels)
+    if resolved is not None:
+        source, payload = resolved
+        report = load_encoder(backbone, payload, convert_channels=True)
+        report.source = source
+        backbone.load_report = report
+    return backbone

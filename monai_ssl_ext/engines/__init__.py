@@ -1,0 +1,1 @@
+from .ssl_trainer import SSLEvaluator, SSLTrainer, lower_is_better, val_loss_metric

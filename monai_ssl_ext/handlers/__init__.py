@@ -1,0 +1,7 @@
+from .checkpoint import ResumableCheckpoint, RNGState
+from .ema import EMATargetUpdate, cosine_momentum
+from .encoder_export import EncoderExport
+from .nan_guard import NaNGuard, NonFiniteLossError
+from .tracking import TrackParams, flatten_params
+from .embeddings import EmbeddingWriter
+from .overlay import OverlayWriter, require_checkpoint

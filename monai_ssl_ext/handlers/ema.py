@@ -1,0 +1,96 @@
+"""Exponential-moving-average (EMA) update of a target network, as in BYOL / MoCo / DINO.
+
+Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning", NeurIPS 2020
+(https://arxiv.org/abs/2006.07733), Sec. 3.1 / appendix:
+
+    xi <- tau * xi + (1 - tau) * theta,     tau_k = 1 - (1 - tau_base) * (cos(pi * k / K) + 1) / 2
+
+generalised here to an arbitrary final momentum: ``tau_k = final - (final - base) * (cos(pi * k / K) + 1) / 2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+__all__ = ["cosine_momentum", "EMATargetUpdate"]
+
+
+def cosine_momentum(step: int, total_steps: int, base: float, final: float) -> float:
+    """Cosine schedule from ``base`` (``step = 0``) to ``final`` (``step = total_steps``), BYOL's eq. for ``tau``.
+
+    ``tau_k = final - (final - base) * (cos(pi * k / K) + 1) / 2``; ``k`` is clamped to ``[0, K]``.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+    k = min(max(step, 0), total_steps)
+    return final - (final - base) * (math.cos(math.pi * k / total_steps) + 1) / 2
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The wrapped module of ``DistributedDataParallel`` / ``DataParallel``, else ``module``."""
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return module.module
+    return module
+
+
+class EMATargetUpdate:
+    """Ignite handler updating ``target`` as an EMA of ``online`` after every iteration (BYOL, Grill et al. 2020).
+
+    At ``Events.ITERATION_COMPLETED`` of iteration ``engine.state.iteration = i`` (1-based in ignite) the step that
+    just finished has the 0-based index ``k = i - 1``, so the first update uses ``tau_0 = base_momentum`` (as in BYOL's
+    code) and the schedule resumes correctly after a checkpoint reload. With ``K = total_steps`` (default
+    ``max_epochs * epoch_length``):
+
+        target_param <- tau_k * target_param + (1 - tau_k) * online_param,   tau_k = cosine_momentum(k, K, base, final)
+
+    and the buffers (e.g. batch-norm statistics) are copied from ``online``. The target's parameters are set to not
+    require gradients. The momentum used last is kept in ``self.momentum``.
+
+    Args:
+        online: the trained network (may be wrapped in ``DistributedDataParallel``).
+        target: the EMA network, with the same parameter and buffer names and shapes.
+        base_momentum: ``tau_base`` (0.99 in BYOL; 0.996 for its 1000-epoch runs).
+        final_momentum: momentum reached at ``K`` (1.0 in BYOL).
+        total_steps: ``K``; ``None`` uses ``engine.state.max_epochs * engine.state.epoch_length``.
+    """
+
+    def __init__(
+        self,
+        online: nn.Module,
+        target: nn.Module,
+        base_momentum: float = 0.99,
+        final_momentum: float = 1.0,
+        total_steps: int | None = None,
+    ) -> None:
+        self.online, self.target = _unwrap(online), _unwrap(target)
+        for kind, a, b in (("parameter", self.online.named_parameters(), self.target.named_parameters()),
+                           ("buffer", self.online.named_buffers(), self.target.named_buffers())):
+            a, b = [(n, tuple(t.shape)) for n, t in a], [(n, tuple(t.shape)) for n, t in b]
+            if a != b:
+                first = next((x, y) for x, y in zip(a + [None], b + [None]) if x != y)  # type: ignore[operator]
+                raise ValueError(f"online and target differ at the first {kind} mismatch: online {first[0]} vs "
+                                 f"target {first[1]} ((name, shape), None = missing).")
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+        self.base_momentum, self.final_momentum, self.total_steps = base_momentum, final_momentum, total_steps
+        self.momentum = base_momentum
+        self.target.requires_grad_(False)
+
+    def attach(self, engine: Engine) -> None:
+        """Register this handler on ``Events.ITERATION_COMPLETED`` of ``engine`` (once)."""
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        total = self.total_steps or engine.state.max_epochs * engine.state.epoch_length
+        self.momentum = tau = cosine_momentum(engine.state.iteration - 1, total, self.base_momentum,
+                                              self.final_momentum)
+        with torch.no_grad():
+            for t, o in zip(self.target.parameters(), self.online.parameters()):
+                t.mul_(tau).add_(o.detach(), alpha=1 - tau)
+            for t, o in zip(self.target.buffers(), self.online.buffers()):
+                t.copy_(o)

@@ -1,0 +1,3 @@
+"""Self-supervised losses, one module per loss."""
+
+from .ntxent import NTXentLoss

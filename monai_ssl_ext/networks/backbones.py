@@ -1,0 +1,123 @@
+"""Build an encoder trunk by name: MONAI's FlexibleUNet encoders (2D/3D) or any timm model (2D).
+
+Names
+    * a name FlexibleUNet accepts (``efficientnet-b0`` … ``efficientnet-b8``, ``efficientnet-l2``,
+      ``resnet10`` … ``resnet200``) builds MONAI's own encoder, the very module
+      ``FlexibleUNet(backbone=name).encoder`` holds, so an exported trunk loads into FlexibleUNet
+      key for key;
+    * ``timm/<model-name>`` builds ``timm.create_model(<model-name>, num_classes=0)`` (2D only).
+
+Every trunk is wrapped in :class:`Backbone`: ``backbone(x)`` returns pooled features
+``(B, feature_dim)`` for SSL heads, ``backbone.feature_maps(x)`` returns the per-stage feature maps,
+and ``backbone.trunk`` is the module whose ``state_dict`` is exported as the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "build_backbone", "monai_backbone_names"]
+
+TIMM_PREFIX = "timm/"
+
+
+def monai_backbone_names() -> list[str]:
+    """Names of MONAI's FlexibleUNet encoders."""
+    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+    return sorted(FLEXUNET_BACKBONE.register_dict)
+
+
+class Backbone(nn.Module):
+    """A named encoder trunk with pooled features.
+
+    Args:
+        arch: the name it was built from (stored in the encoder header).
+        trunk: the module whose state dict is the exported encoder.
+        feature_dim: size of the pooled feature vector.
+        spatial_dims: 2 or 3.
+        in_channels: number of input channels.
+        first_conv: state-dict key of the stem convolution (for input-channel conversion).
+    """
+
+    def __init__(
+        self, arch: str, trunk: nn.Module, feature_dim: int, spatial_dims: int, in_channels: int, first_conv: str
+    ):
+        super().__init__()
+        self.arch = arch
+        self.trunk = trunk
+        self.feature_dim = feature_dim
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.first_conv = first_conv
+
+    @property
+    def family(self) -> str:
+        if self.arch.startswith(TIMM_PREFIX):
+            return "timm"
+        return "monai-efficientnet" if self.arch.startswith("efficientnet") else "monai-resnet"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, feature_dim)``."""
+        if self.family == "timm":
+            return self.trunk(x)
+        if self.family == "monai-efficientnet":
+            # EfficientNetBN's classification path (stem, blocks, conv head, pooling, dropout) with
+            # the classifier removed: the 1280-d feature torchvision's efficientnet_b0 gives.
+            from monai.networks.nets.efficientnet import EfficientNetBN
+
+            return EfficientNetBN.forward(self.trunk, x)
+        from monai.networks.nets.resnet import ResNet
+
+        return ResNet.forward(self.trunk, x)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage feature maps (the list FlexibleUNet's decoder consumes for MONAI trunks)."""
+        if self.family == "timm":
+            return list(self.trunk.forward_intermediates(x, intermediates_only=True))
+        return list(self.trunk(x))
+
+
+def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3) -> Backbone:
+    """Build a :class:`Backbone` from a trunk name (see the module docstring)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backbone: expected a trunk name, got {name!r}")
+    if in_channels < 1:
+        raise ValueError(f"backbone {name!r}: in_channels must be >= 1, got {in_channels}")
+    if name.startswith(TIMM_PREFIX):
+        return _timm_backbone(name, spatial_dims, in_channels)
+    return _monai_backbone(name, spatial_dims, in_channels)
+
+
+def _monai_backbone(name: str, spatial_dims: int, in_channels: int) -> Backbone:
+    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+    entry = FLEXUNET_BACKBONE.register_dict.get(name)
+    if entry is None:
+        raise ValueError(
+            f"unknown backbone {name!r}: use one of MONAI's FlexibleUNet encoders "
+            f"({', '.join(monai_backbone_names())}) or 'timm/<model-name>'"
+        )
+    params = dict(entry["parameter"], spatial_dims=spatial_dims, in_channels=in_channels, pretrained=False)
+    trunk = entry["type"](**params)
+    if name.startswith("efficientnet"):
+        trunk._fc = nn.Identity()  # classifier is not part of the trunk
+        return Backbone(name, trunk, trunk._conv_head.out_channels, spatial_dims, in_channels, "_conv_stem.weight")
+    feature_dim = entry["feature_channel"][-1]
+    return Backbone(name, trunk, feature_dim, spatial_dims, in_channels, "conv1.weight")
+
+
+def _timm_backbone(name: str, spatial_dims: int, in_channels: int, pretrained: bool = False) -> Backbone:
+    import timm
+
+    model_name = name[len(TIMM_PREFIX) :]
+    if spatial_dims != 2:
+        raise ValueError(f"backbone {name!r}: timm trunks are 2D only (spatial_dims={spatial_dims})")
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown backbone {name!r}: timm has no model named {model_name!r}")
+    trunk = timm.create_model(model_name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
+    first_conv = trunk.pretrained_cfg.get("first_conv", "conv1")
+    if isinstance(first_conv, (list, tuple)):
+        first_conv = first_conv[0]
+    return Backbone(name, trunk, trunk.num_features, 2, in_channels, f"{first_conv}.weight")

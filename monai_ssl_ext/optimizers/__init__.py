@@ -1,0 +1,3 @@
+"""Optimizers for self-supervised pretraining."""
+
+from .lars import LARS

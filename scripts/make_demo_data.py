@@ -1,0 +1,323 @@
+"""Generate small synthetic datasets in the real layouts of the recipes (deterministic by seed).
+
+Usage::
+
+    python scripts/make_demo_data.py cholec --out_dir O [--n_videos 4] [--frames_per_video 20] \\
+        [--size 64] [--seed 0] [--fps None]
+    python scripts/make_demo_data.py tools --out_dir O [--n_train 8] [--n_val 4] [--n_test 4] \\
+        [--size 64] [--seed 0]
+
+``cholec`` writes Cholec80-style raw data and then runs ``extract_frames``::
+
+    O/raw/videos/videoXX.mp4                      25 fps, size x size, MPEG-4 Part 2 ("mpeg4")
+    O/raw/phase_annotations/videoXX-phase.txt     "Frame<TAB>Phase", one row per frame
+    O/frames/{train,val,test}/videoXX/<frame:06d>.jpg
+    O/{train,val,test}.csv                        header "path,label", paths relative to O
+
+Video ids are drawn from the Cholec80 train (1-40), val (41-48) and test (49-80) ranges so that
+every split gets at least one video (for ``n_videos >= 3``). ``frames_per_video`` is the length
+of each video at 25 fps; by default every frame is extracted (``fps=None``), so each video gives
+``frames_per_video`` labelled frames. Frames look vaguely endoscopic: a reddish textured
+background with a circular vignette, grey elongated "tools" entering from the border and moving
+over time, and a phase-specific colour tint plus a phase-specific number of bright "spots", so
+a linear probe on the frames can learn the phase. Phases 0..6 progress in order through each
+video, with random segment lengths.
+
+``tools`` writes tool-segmentation data::
+
+    O/images/<id>.png      RGB, size x size
+    O/masks/<id>.png       uint8, 0 background, 1 tool (exactly the painted grey bars)
+    O/datalist.json        {"training": [{"image": "images/<id>.png", "label": "masks/<id>.png"}, ...],
+                            "validation": [...], "testing": [...]}
+
+with ids ``train_000``, ``val_000``, ``test_000``, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import extract_frames as _ef  # noqa: E402  (sibling script)
+
+#: Codecs tried in order for the synthetic videos (both ship in the PyAV wheels).
+VIDEO_CODECS = ("mpeg4", "libx264")
+
+#: Phase-specific tint colours (RGB), one per Cholec80 phase.
+PHASE_TINTS = np.array(
+    [
+        [235, 205, 70],  # Preparation: yellow
+        [70, 200, 80],  # CalotTriangleDissection: green
+        [60, 90, 230],  # ClippingCutting: blue
+        [180, 60, 210],  # GallbladderDissection: purple
+        [60, 210, 210],  # GallbladderPackaging: cyan
+        [245, 245, 245],  # CleaningCoagulation: white
+        [25, 25, 25],  # GallbladderRetraction: dark
+    ],
+    dtype=np.float32,
+)
+
+
+# ----------------------------------------------------------------------------------- drawing
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Smooth noise in [0, 1]: a cells x cells random grid upsampled bilinearly to h x w."""
+    grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
+    ys = np.linspace(0, cells, h, dtype=np.float32)
+    xs = np.linspace(0, cells, w, dtype=np.float32)
+    y0 = np.minimum(ys.astype(int), cells - 1)
+    x0 = np.minimum(xs.astype(int), cells - 1)
+    fy = (ys - y0)[:, None]
+    fx = (xs - x0)[None, :]
+    g00 = grid[y0][:, x0]
+    g01 = grid[y0][:, x0 + 1]
+    g10 = grid[y0 + 1][:, x0]
+    g11 = grid[y0 + 1][:, x0 + 1]
+    return (g00 * (1 - fy) * (1 - fx) + g01 * (1 - fy) * fx + g10 * fy * (1 - fx) + g11 * fy * fx).astype(np.float32)
+
+
+def _tissue(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Reddish textured "tissue" background, float32 (h, w, 3) in [0, 255]."""
+    coarse = _smooth_noise(rng, h, w, 4)
+    fine = _smooth_noise(rng, h, w, max(4, min(h, w) // 4))
+    t = 0.6 * coarse + 0.4 * fine
+    img = np.empty((h, w, 3), np.float32)
+    img[..., 0] = 140 + 90 * t
+    img[..., 1] = 35 + 55 * t * fine
+    img[..., 2] = 40 + 45 * t * coarse
+    return img
+
+
+def _vignette(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
+    return np.clip(1.25 - 0.6 * r**2, 0.25, 1.0)[..., None]
+
+
+def _bar_mask(h: int, w: int, start, angle: float, length: float, width: float):
+    """Boolean mask of a straight bar from ``start`` (y, x) along ``angle``, plus a shading map."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dy, dx = np.sin(angle), np.cos(angle)
+    py, px = yy - start[0], xx - start[1]
+    along = py * dy + px * dx
+    across = -py * dx + px * dy
+    mask = (along >= 0) & (along <= length) & (np.abs(across) <= width / 2)
+    shade = 1.0 - 0.35 * (np.abs(across) / max(width / 2, 1e-3)) ** 2
+    return mask, shade
+
+
+def _draw_tools(img: np.ndarray, tools: list[dict]) -> np.ndarray:
+    """Paint grey bars (opaque) on ``img`` in place; returns the union mask (bool)."""
+    h, w = img.shape[:2]
+    union = np.zeros((h, w), bool)
+    for tool in tools:
+        mask, shade = _bar_mask(h, w, tool["start"], tool["angle"], tool["length"], tool["width"])
+        grey = tool["grey"] * shade
+        img[mask] = np.stack([grey, grey, grey * 1.03], axis=-1)[mask]
+        union |= mask
+    return union
+
+
+def _random_tool(rng: np.random.Generator, h: int, w: int) -> dict:
+    """A tool entering from a random border point, pointing roughly at the image centre."""
+    side = rng.integers(4)
+    u = rng.uniform(0.15, 0.85)
+    start = [(0.0, u * w), (h - 1.0, u * w), (u * h, 0.0), (u * h, w - 1.0)][side]
+    to_centre = np.arctan2(h / 2 - start[0], w / 2 - start[1])
+    return {
+        "start": start,
+        "angle": float(to_centre + rng.uniform(-0.5, 0.5)),
+        "length": float(rng.uniform(0.35, 0.7) * min(h, w)),
+        "width": float(max(3.0, rng.uniform(0.06, 0.12) * min(h, w))),
+        "grey": float(rng.uniform(135, 205)),
+    }
+
+
+# ------------------------------------------------------------------------------------ cholec
+
+
+def _cholec_ids(n_videos: int) -> list[int]:
+    """Video ids spread over the Cholec80 splits: about half train, a quarter val, a quarter test."""
+    if n_videos < 1:
+        raise ValueError(f"n_videos must be >= 1, got {n_videos}.")
+    if n_videos == 1:
+        return [1]
+    if n_videos == 2:
+        return [1, 49]
+    n_val = min(8, max(1, n_videos // 4))
+    n_test = min(32, max(1, n_videos // 4))
+    n_train = n_videos - n_val - n_test
+    if n_train > 40:
+        raise ValueError(f"n_videos={n_videos} exceeds the 80 Cholec80 ids.")
+    return list(range(1, n_train + 1)) + list(range(41, 41 + n_val)) + list(range(49, 49 + n_test))
+
+
+def _phase_sequence(rng: np.random.Generator, n_frames: int) -> np.ndarray:
+    """Phases 0..6 in order over ``n_frames`` with random segment lengths."""
+    n_ph = len(_ef.PHASES)
+    weights = rng.uniform(0.6, 1.4, n_ph)
+    bounds = np.cumsum(weights) / weights.sum() * n_frames
+    t = np.arange(n_frames) + 0.5
+    return np.minimum(np.searchsorted(bounds, t, side="right"), n_ph - 1).astype(int)
+
+
+def _cholec_frames(rng: np.random.Generator, phases: np.ndarray, size: int) -> np.ndarray:
+    """Synthetic endoscopic frames (T, size, size, 3) uint8 for a phase sequence."""
+    pad = max(4, size // 4)
+    tissue = _tissue(rng, size + 2 * pad, size + 2 * pad)
+    vign = _vignette(size, size)
+    n = len(phases)
+    tools = [_random_tool(rng, size, size) for _ in range(2)]
+    drift = rng.uniform(-1.0, 1.0, 2)
+    spot_pos = rng.uniform(0.2, 0.8, (7, 2)) * size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = np.empty((n, size, size, 3), np.uint8)
+    for t, ph in enumerate(phases):
+        oy = int(np.clip(pad + drift[0] * t * 0.5, 0, 2 * pad))
+        ox = int(np.clip(pad + drift[1] * t * 0.5, 0, 2 * pad))
+        img = tissue[oy : oy + size, ox : ox + size].copy()
+        img = 0.65 * img + 0.35 * PHASE_TINTS[ph]
+        for k in range(ph % 3 + 1):  # phase-specific number of bright spots (1..3)
+            cy, cx = spot_pos[(ph + k) % 7]
+            spot = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.06 * size) ** 2))[..., None]
+            img = img * (1 - 0.6 * spot) + 0.6 * spot * PHASE_TINTS[(ph + 3) % 7]
+        n_tools = 1 + (ph >= 2)
+        moving = []
+        for tool in tools[:n_tools]:
+            tool = dict(tool)
+            tool["angle"] += 0.15 * np.sin(0.3 * t + tool["grey"])
+            tool["length"] *= 0.85 + 0.15 * np.sin(0.2 * t)
+            moving.append(tool)
+        _draw_tools(img, moving)
+        img = img * vign + rng.normal(0, 3, img.shape).astype(np.float32)
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 25, codec: str | None = None) -> str:
+    """Encode ``frames`` (T, H, W, 3) uint8 RGB to ``path`` with PyAV; returns the codec used."""
+    import av
+
+    codecs = (codec,) if codec else VIDEO_CODECS
+    last_err: Exception | None = None
+    for name in codecs:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception as e:  # codec not in this FFmpeg build
+            last_err = e
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream(name, rate=fps)
+            stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+            stream.pix_fmt = "yuv420p"
+            stream.bit_rate = 4_000_000
+            stream.thread_count = 1  # deterministic output
+            for arr in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return name
+    raise RuntimeError(f"none of the video codecs {codecs} is available in PyAV: {last_err}")
+
+
+def cholec(
+    out_dir: str,
+    n_videos: int = 4,
+    frames_per_video: int = 20,
+    size: int = 64,
+    seed: int = 0,
+    fps: float | None = None,
+) -> dict:
+    """Cholec80-style demo data: raw videos + phase annotations, then extracted frames and CSVs.
+
+    Args:
+        out_dir: output root (see the module docstring for the layout).
+        n_videos: number of videos; ids cover train, val and test when ``n_videos >= 3``.
+        frames_per_video: frames per video (at 25 fps).
+        size: frame size (even; the video is size x size and frames are extracted at it).
+        seed: random seed; the output is a function of the arguments.
+        fps: extraction rate passed to ``extract_frames`` (None = every frame).
+
+    Returns:
+        ``{"video_ids": [...], "codec": ..., "frames": {split: count}}``.
+    """
+    if frames_per_video < 1:
+        raise ValueError(f"frames_per_video must be >= 1, got {frames_per_video}.")
+    if size < 16 or size % 2:
+        raise ValueError(f"size must be an even number >= 16 (yuv420p video), got {size}.")
+    out = Path(out_dir)
+    raw = out / "raw"
+    (raw / "phase_annotations").mkdir(parents=True, exist_ok=True)
+    ids = _cholec_ids(n_videos)
+    codec = None
+    for vid in ids:
+        rng = np.random.default_rng([seed, vid])
+        phases = _phase_sequence(rng, frames_per_video)
+        frames = _cholec_frames(rng, phases, size)
+        codec = write_video(raw / "videos" / f"video{vid:02d}.mp4", frames, fps=_ef.NATIVE_FPS)
+        with open(raw / "phase_annotations" / f"video{vid:02d}-phase.txt", "w", encoding="utf-8") as f:
+            f.write("Frame\tPhase\n")
+            for i, ph in enumerate(phases):
+                f.write(f"{i}\t{_ef.PHASES[ph]}\n")
+    counts = _ef.extract_frames(raw, out, fps=fps, size=size)
+    return {"video_ids": ids, "codec": codec, "frames": counts}
+
+
+# ------------------------------------------------------------------------------------- tools
+
+
+def _tool_sample(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    img = _tissue(rng, h, w) * _vignette(h, w)
+    tools = [_random_tool(rng, h, w) for _ in range(int(rng.integers(1, 4)))]
+    mask = _draw_tools(img, tools)
+    return np.clip(img, 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def tools(
+    out_dir: str, n_train: int = 8, n_val: int = 4, n_test: int = 4, size: int | tuple = 64, seed: int = 0
+) -> dict:
+    """Tool-segmentation demo data: RGB images, binary masks and a decathlon ``datalist.json``.
+
+    ``size`` is an int (square) or ``(height, width)``. Returns ``{"datalist": path, "counts": {...}}``.
+    """
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(h, w) < 8:
+        raise ValueError(f"size must be at least 8, got {size!r}.")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    datalist: dict[str, list[dict[str, str]]] = {}
+    for key, prefix, n in (("training", "train", n_train), ("validation", "val", n_val), ("testing", "test", n_test)):
+        entries = []
+        for i in range(int(n)):
+            rng = np.random.default_rng([seed, ("train", "val", "test").index(prefix), i])
+            img, mask = _tool_sample(rng, h, w)
+            name = f"{prefix}_{i:03d}.png"
+            Image.fromarray(img).save(out / "images" / name)
+            Image.fromarray(mask).save(out / "masks" / name)
+            entries.append({"image": f"images/{name}", "label": f"masks/{name}"})
+        datalist[key] = entries
+    with open(out / "datalist.json", "w", encoding="utf-8") as f:
+        json.dump(datalist, f, indent=2)
+        f.write("\n")
+    return {"datalist": str(out / "datalist.json"), "counts": {k: len(v) for k, v in datalist.items()}}
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"cholec": cholec, "tools": tools})

@@ -1,0 +1,397 @@
+"""Static checks of the MONAI bundles under ``bundles/`` (nothing is instantiated or trained).
+
+Usage::
+
+    python scripts/verify_bundles.py [--bundles_dir bundles] [--schema ../shared/schema/meta_schema_20240725.json] \\
+        [--names simclr_surgical,other]
+
+Prints one line ``<bundle>: <problem>`` per problem and exits with status 1 if there is any
+(0 and a one-line summary otherwise). For each ``bundles/<name>/`` it checks:
+
+* the required files exist (:data:`REQUIRED_FILES`);
+* ``configs/metadata.json`` validates against the MONAI metadata JSON schema: the file given by
+  ``--schema``, or else the URL named in the metadata's ``schema`` field (downloaded only then);
+* the metadata ``version`` is a key of its ``changelog``;
+* every ``configs/*.json`` loads and parses with ``monai.bundle.ConfigParser`` (no component is
+  instantiated and no expression is evaluated); a config that does not load on its own is
+  accepted when it loads merged onto ``train.json`` (overlays such as ``multi_gpu_train.json``);
+* ``docs/README.md`` has a ``## Published settings`` section with a markdown table whose first
+  column is a backticked config id (nested ids with ``#``) and whose second column is a
+  backticked JSON literal; every row must equal the raw (unresolved) value of that id in
+  ``configs/train.json`` (numbers with tolerance 1e-12). An empty table is a problem.
+
+The checks are importable: :func:`verify_bundle` returns the list of problems of one bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REQUIRED_FILES = (
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/multi_gpu_train.json",
+    "configs/smoke.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "LICENSE",
+)
+SETTINGS_HEADING = "Published settings"
+FLOAT_TOL = 1e-12
+DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+
+_SCHEMA_CACHE: dict[str, Any] = {}  # url -> parsed schema (downloaded at most once per process)
+
+
+# ------------------------------------------------------------------------------- metadata
+
+
+def _load_schema(schema: str | os.PathLike | dict | None, meta: dict) -> tuple[dict | None, str | None]:
+    """(schema dict, problem) from an explicit path / dict, or else the metadata's ``schema`` URL."""
+    if isinstance(schema, dict):
+        return schema, None
+    if schema is not None:
+        path = Path(schema)
+        if not path.is_file():
+            return None, f"schema file {str(path)!r} does not exist"
+        try:
+            return json.loads(path.read_text(encoding="utf-8")), None
+        except (OSError, json.JSONDecodeError) as e:
+            return None, f"schema file {str(path)!r} is not valid JSON: {e}"
+    url = meta.get("schema")
+    if not isinstance(url, str) or not url:
+        return None, "configs/metadata.json: no 'schema' URL to validate against (and no --schema given)"
+    if url not in _SCHEMA_CACHE:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                dst = Path(tmp) / "schema.json"
+                with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (URL from the bundle metadata)
+                    dst.write_bytes(r.read())
+                _SCHEMA_CACHE[url] = json.loads(dst.read_text(encoding="utf-8"))
+        except Exception as e:  # network, HTTP or JSON errors all become a problem
+            return None, f"could not download the metadata schema {url!r}: {e} (pass --schema PATH)"
+    return _SCHEMA_CACHE[url], None
+
+
+def _check_metadata(bundle: Path, schema) -> list[str]:
+    problems: list[str] = []
+    meta_file = bundle / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        return problems  # already reported as a missing file
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"configs/metadata.json: not valid JSON: {e}"]
+    if not isinstance(meta, dict):
+        return ["configs/metadata.json: not a JSON object"]
+
+    schema_dict, problem = _load_schema(schema, meta)
+    if problem:
+        problems.append(problem)
+    else:
+        import jsonschema
+
+        try:
+            cls = jsonschema.validators.validator_for(schema_dict)
+            cls.check_schema(schema_dict)
+            errors = sorted(cls(schema_dict).iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])
+        except jsonschema.exceptions.SchemaError as e:
+            errors = []
+            problems.append(f"the metadata schema itself is invalid: {e.message}")
+        seen = set()
+        for err in errors:
+            err = jsonschema.exceptions.best_match([err])  # the most specific cause of anyOf/oneOf errors
+            where = "/".join(str(p) for p in err.absolute_path) or "<root>"
+            msg = f"configs/metadata.json: schema violation at {where}: {err.message}"
+            if msg not in seen:  # the same value can be checked by several (pattern) properties
+                seen.add(msg)
+                problems.append(msg)
+
+    version = meta.get("version")
+    changelog = meta.get("changelog")
+    if version is None:
+        problems.append("configs/metadata.json: no 'version'")
+    elif not isinstance(changelog, dict) or str(version) not in changelog:
+        problems.append(f"configs/metadata.json: version {version!r} is not a key of 'changelog'")
+    return problems
+
+
+# -------------------------------------------------------------------------------- configs
+
+
+def _check_configs(bundle: Path) -> list[str]:
+    from monai.bundle import ConfigParser
+
+    def parse(files) -> str | None:
+        try:
+            parser = ConfigParser()
+            parser.read_config(files)
+            parser.parse()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    problems: list[str] = []
+    train = bundle / "configs" / "train.json"
+    for cfg in sorted((bundle / "configs").glob("*.json")):
+        if cfg.name == "metadata.json":
+            continue
+        err = parse(str(cfg))
+        if err and cfg != train and train.is_file():
+            # an overlay (multi_gpu_train.json, smoke.json, ...) may use nested ids such as
+            # "train#trainer#max_epochs" that only exist once merged onto train.json
+            err_merged = parse([str(train), str(cfg)])
+            if err_merged is None:
+                continue
+            err = f"{err}; merged onto train.json: {err_merged}"
+        if err:
+            problems.append(f"configs/{cfg.name}: does not parse with ConfigParser: {err}")
+    return problems
+
+
+# ---------------------------------------------------------------------- published settings
+
+
+def _split_cells(line: str) -> list[str]:
+    """Split a markdown table row on ``|`` outside backtick spans (``\\|`` is a literal pipe)."""
+    s = line.strip()
+    if s.startswith("|"):
+        s = s[1:]
+    if s.endswith("|") and not s.endswith("\\|"):
+        s = s[:-1]
+    cells, cur, i, tick = [], [], 0, 0
+    while i < len(s):
+        c = s[i]
+        if c == "`":
+            j = i
+            while j < len(s) and s[j] == "`":
+                j += 1
+            run = j - i
+            if tick == 0:
+                tick = run
+            elif tick == run:
+                tick = 0
+            cur.append(s[i:j])
+            i = j
+            continue
+        if c == "\\" and i + 1 < len(s) and s[i + 1] == "|":
+            cur.append("|")
+            i += 2
+            continue
+        if c == "|" and tick == 0:
+            cells.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    cells.append("".join(cur).strip())
+    return cells
+
+
+_SEPARATOR_CELL = re.compile(r"^:?-{1,}:?$")
+_CODE = re.compile(r"^(`+)(.*?)\1$", re.DOTALL)
+
+
+def _code_span(cell: str) -> str | None:
+    m = _CODE.match(cell.strip())
+    if not m:
+        return None
+    text = m.group(2)
+    if len(text) >= 2 and text.startswith(" ") and text.endswith(" ") and text.strip():
+        text = text[1:-1]
+    return text
+
+
+def parse_published_settings(readme_text: str) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """Rows ``(line number, config id, JSON literal text)`` of the ``## Published settings`` tables.
+
+    Returns ``(rows, problems)``; problems cover a missing section and malformed rows.
+    """
+    lines = readme_text.splitlines()
+    start = None
+    in_fence = False
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        if not in_fence and re.match(rf"^##\s+{re.escape(SETTINGS_HEADING)}\b", line.strip(), re.IGNORECASE):
+            start = i + 1
+            break
+    if start is None:
+        return [], [f"docs/README.md: no '## {SETTINGS_HEADING}' section"]
+    rows: list[tuple[int, str, str]] = []
+    problems: list[str] = []
+    table: list[tuple[int, str]] = []
+
+    def flush():
+        if not table:
+            return
+        body = table
+        if len(table) >= 2 and all(_SEPARATOR_CELL.match(c.replace(" ", "")) for c in _split_cells(table[1][1]) if c):
+            body = table[2:]  # header + separator
+        for lineno, text in body:
+            cells = _split_cells(text)
+            if len(cells) < 2:
+                problems.append(f"docs/README.md:{lineno}: settings row needs at least 2 columns: {text.strip()!r}")
+                continue
+            cid, val = _code_span(cells[0]), _code_span(cells[1])
+            if cid is None or not cid.strip():
+                problems.append(f"docs/README.md:{lineno}: first column must be a backticked config id: {cells[0]!r}")
+            elif val is None:
+                problems.append(f"docs/README.md:{lineno}: second column must be a backticked JSON value: {cells[1]!r}")
+            else:
+                rows.append((lineno, cid.strip(), val))
+        table.clear()
+
+    in_fence = False
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+            flush()
+            continue
+        if in_fence:
+            continue
+        if re.match(r"^#{1,2}\s", line):
+            break
+        if line.lstrip().startswith("|"):
+            table.append((i + 1, line))
+        else:
+            flush()
+    flush()
+    if not rows and not problems:
+        problems.append(f"docs/README.md: the '## {SETTINGS_HEADING}' section has no table rows")
+    return rows, problems
+
+
+def values_equal(a: Any, b: Any, tol: float = FLOAT_TOL) -> bool:
+    """JSON value equality with numbers compared to ``tol`` (booleans are not numbers)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(values_equal(a[k], b[k], tol) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(values_equal(x, y, tol) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _check_settings(bundle: Path) -> list[str]:
+    from monai.bundle import ConfigParser
+
+    readme, train = bundle / "docs" / "README.md", bundle / "configs" / "train.json"
+    if not readme.is_file() or not train.is_file():
+        return []  # already reported
+    rows, problems = parse_published_settings(readme.read_text(encoding="utf-8"))
+    if not rows:
+        return problems
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(train))  # raw, unresolved: no parse(), so "@a#b" stays as written
+    except Exception:
+        return problems  # already reported by the config check
+    for lineno, cid, literal in rows:
+        try:
+            expected = json.loads(literal)
+        except json.JSONDecodeError as e:
+            problems.append(f"docs/README.md:{lineno}: value of `{cid}` is not a JSON literal: {literal!r} ({e})")
+            continue
+        try:
+            actual = parser[cid]
+        except (KeyError, IndexError, ValueError, TypeError):
+            problems.append(f"docs/README.md:{lineno}: `{cid}` is not an id of configs/train.json")
+            continue
+        if not values_equal(expected, actual):
+            problems.append(
+                f"docs/README.md:{lineno}: `{cid}` is {json.dumps(expected)} in the README but "
+                f"{json.dumps(actual)} in configs/train.json"
+            )
+    return problems
+
+
+# ----------------------------------------------------------------------------------- API
+
+
+def verify_bundle(bundle_dir: str | os.PathLike, schema: str | os.PathLike | dict | None = None) -> list[str]:
+    """All problems of one bundle folder (an empty list means it passed every check).
+
+    Args:
+        bundle_dir: ``bundles/<name>``.
+        schema: path to the metadata JSON schema (or the schema as a dict); None downloads the
+            URL named in ``configs/metadata.json`` (``"schema"``).
+    """
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        return [f"bundle folder {str(bundle)!r} does not exist"]
+    problems = [f"missing required file {rel}" for rel in REQUIRED_FILES if not (bundle / rel).is_file()]
+    problems += _check_metadata(bundle, schema)
+    if (bundle / "configs").is_dir():
+        problems += _check_configs(bundle)
+    problems += _check_settings(bundle)
+    return problems
+
+
+def _names(names: str | Iterable[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        return [n.strip() for n in names.split(",") if n.strip()]
+    return [str(n).strip() for n in names if str(n).strip()]
+
+
+def verify_bundles(
+    bundles_dir: str | os.PathLike | None = None,
+    schema: str | os.PathLike | None = None,
+    names: str | Iterable[str] | None = None,
+) -> dict[str, list[str]]:
+    """``{bundle name: problems}`` for the bundles in ``bundles_dir`` (all, or the given names).
+
+    A missing folder, no bundles or an unknown name is reported under the key ``"<bundles>"``.
+    """
+    root = Path(bundles_dir) if bundles_dir is not None else DEFAULT_BUNDLES_DIR
+    if not root.is_dir():
+        return {"<bundles>": [f"bundles folder {str(root)!r} does not exist"]}
+    available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    wanted = _names(names)
+    results: dict[str, list[str]] = {}
+    if wanted is None:
+        wanted = available
+        if not wanted:
+            results["<bundles>"] = [f"no bundles in {str(root)!r}"]
+    for name in wanted:
+        if name not in available:
+            results.setdefault("<bundles>", []).append(f"no bundle {name!r} in {str(root)!r}")
+            continue
+        results[name] = verify_bundle(root / name, schema=schema)
+    return results
+
+
+def main(bundles_dir: str | None = None, schema: str | None = None, names: str | None = None) -> None:
+    """CLI: print ``<bundle>: <problem>`` lines; exit 1 if there is any problem."""
+    results = verify_bundles(bundles_dir, schema=schema, names=names)
+    n_problems = 0
+    for name, problems in results.items():
+        for p in problems:
+            print(f"{name}: {p}")
+        n_problems += len(problems)
+    checked = [n for n in results if n != "<bundles>"]
+    if n_problems:
+        bad = sum(1 for n, p in results.items() if p and n != "<bundles>")
+        print(f"{n_problems} problem(s); {bad} of {len(checked)} bundle(s) failed", file=sys.stderr)
+        sys.exit(1)
+    print(f"OK: {len(checked)} bundle(s) verified: {', '.join(checked)}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,86 @@
+"""Every bundle: metadata and files verified, every config run on demo data through its
+smoke.json, MLflow tracking read back, and all multi_gpu_train.json configs in one torchrun
+session (2 gloo processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bundle_runner import assert_trained, run_config, run_configs
+from conftest import BUNDLES, ROOT, SCHEMA, load_script
+
+IDS = [b.name for b in BUNDLES]
+
+
+def smoke(bundle: Path) -> dict:
+    return json.loads((bundle / "configs" / "smoke.json").read_text())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_bundle_verifies(bundle):
+    assert SCHEMA.is_file(), f"vendored schema missing: {SCHEMA}"
+    problems = load_script("verify_bundles").verify_bundle(str(bundle), schema=str(SCHEMA))
+    assert problems == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_bundle_runs(bundle, demo_data, tmp_path):
+    """train.json with MLflow tracking, then every other config, in one bundle_root."""
+    from mlflow.tracking import MlflowClient
+
+    settings = smoke(bundle)
+    data_dir = demo_data(settings["demo_data"])
+    expected = settings.get("smoke_outputs", {})
+    for config in run_configs(bundle):
+        tracking = "mlflow" if config == "train.json" else None
+        configs = [config] if config == "train.json" or _standalone(bundle, config) else ["train.json", config]
+        res = run_config(bundle, configs, str(tmp_path), data_dir, tracking=tracking)
+        if config == "train.json" or res["losses"]:
+            assert_trained(res["losses"], f"{bundle.name}/{config}")
+        for rel in expected.get(config, []):
+            assert os.path.exists(os.path.join(res["output_dir"], rel)), f"{bundle.name}/{config}: {rel} not written"
+        if tracking:
+            uri = res["parser"].get_parsed_content("tracking_uri")
+            client = MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(res["parser"].get_parsed_content("experiment_name"))
+            run = client.search_runs([exp.experiment_id])[0]
+            history = client.get_metric_history(run.info.run_id, "train_loss")
+            assert [round(m.value, 4) for m in history] == [round(v, 4) for v in res["losses"]]
+            assert any(k.startswith("encoder") or k in ("backbone", "pretrained_encoder") for k in run.data.params)
+            assert "learning_rate" in run.data.params
+            artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+            assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
+
+
+def _standalone(bundle: Path, config: str) -> bool:
+    """Configs that define their own network are run alone, the others on top of train.json."""
+    content = json.loads((bundle / "configs" / config).read_text())
+    return "network_def" in content
+
+
+def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
+    bundles = [b for b in BUNDLES if (b / "configs" / "multi_gpu_train.json").is_file()]
+    assert bundles
+    jobs = [
+        {"name": b.name, "bundle": str(b), "bundle_root": str(tmp_path / b.name), "dataset_dir": demo_data(smoke(b)["demo_data"])}
+        for b in bundles
+    ]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"jobs": jobs, "out": str(tmp_path)}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "bundle_runner.py"), str(spec)]
+    proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for b in bundles:
+        for r, res in enumerate(ranks):
+            assert_trained(res[b.name]["losses"], f"{b.name} multi-GPU rank {r}")
+        for rel in smoke(b).get("smoke_outputs", {}).get("train.json", []):
+            assert os.path.exists(os.path.join(ranks[0][b.name]["output_dir"], rel)), f"{b.name} multi-GPU: {rel}"
