@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.utils import convert_to_tensor
 from torchvision.transforms import v2
 
 __all__ = ["SimCLRAugment"]
@@ -46,5 +47,5 @@ class SimCLRAugment:
         self.transform = v2.Compose(steps)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = torch.as_tensor(image).float()  # drop MetaTensor: the views are plain tensors
+        image = convert_to_tensor(image, track_meta=False).float()  # views are plain tensors
         return self.transform(image)

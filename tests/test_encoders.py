@@ -1,0 +1,209 @@
+"""The encoder hand-off: format, key maps, strict reports, channel conversion, weight specs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from monai.networks.nets import FlexibleUNet
+
+from monai_ssl_ext.encoders import (
+    EncoderLoadError,
+    convert_input_channels,
+    export_encoder,
+    load_encoder,
+    pretrained_backbone,
+    read_encoder,
+    resolve_weight_spec,
+)
+from monai_ssl_ext.networks import build_backbone
+
+NORM = {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Random weights and BN statistics, so equal features cannot come from equal inits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("arch", ["efficientnet-b0", "resnet18"])
+def test_monai_trunk_into_flexibleunet_every_stage_matches(arch, tmp_path):
+    source = build_backbone(arch)
+    _randomise(source.trunk)
+    path = tmp_path / "encoder.pt"
+    export_encoder(source, str(path), method="simclr", normalization=NORM)
+    net = FlexibleUNet(3, 2, backbone=arch, pretrained=False)
+    report = load_encoder(net.encoder, str(path))
+    assert report.missing == [] and report.unused == [] and report.mismatched == []
+    assert report.loaded and all(k.startswith("_fc.") for k in report.ignored)
+    source.eval(), net.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = source.feature_maps(x), net.encoder(x)
+    assert len(ref) == len(got) == 5
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape and _rel_err(g, r) <= 1e-5
+
+
+def test_header_round_trip(tmp_path):
+    backbone = build_backbone("resnet18", in_channels=1)
+    path = tmp_path / "enc.pt"
+    export_encoder(backbone, str(path), method="byol", normalization={"mean": [0.1], "std": [0.2]}, epoch=3)
+    payload = read_encoder(str(path))
+    assert payload["arch"] == "resnet18" and payload["in_channels"] == 1 and payload["spatial_dims"] == 2
+    assert payload["method"] == "byol" and payload["epoch"] == 3 and payload["first_conv"] == "conv1.weight"
+    assert payload["normalization"] == {"mean": [0.1], "std": [0.2]}
+    assert set(payload["state_dict"]) == set(backbone.trunk.state_dict())
+    assert not any(k.startswith("fc.") for k in payload["state_dict"])
+
+
+def test_timm_resnet50_maps_exactly_onto_monai_resnet50(tmp_path):
+    source = build_backbone("timm/resnet50")
+    _randomise(source.trunk, seed=3)
+    path = tmp_path / "encoder.pt"
+    export_encoder(source, str(path), method="supervised")
+    net = FlexibleUNet(3, 2, backbone="resnet50", pretrained=False)
+    report = load_encoder(net.encoder, str(path))
+    assert report.ok and not report.ignored
+    source.eval(), net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        pooled = source(x)
+        last = net.encoder(x)[-1].mean(dim=(2, 3))
+    assert _rel_err(last, pooled) <= 1e-5
+
+
+def test_timm_resnet18_does_not_fit_monai_resnet18(tmp_path):
+    """timm's resnet18 has projection shortcuts (downsample) that MONAI's resnet18 lacks."""
+    path = tmp_path / "encoder.pt"
+    export_encoder(build_backbone("timm/resnet18"), str(path), method="supervised")
+    net = FlexibleUNet(3, 2, backbone="resnet18", pretrained=False)
+    with pytest.raises(EncoderLoadError, match="downsample") as err:
+        load_encoder(net.encoder, str(path))
+    assert str(path) in str(err.value) and "unused" in str(err.value)
+    before = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in net.encoder.state_dict().items())  # nothing half-loaded
+
+
+def test_input_channel_conversion(tmp_path):
+    rgb = build_backbone("resnet18", in_channels=3)
+    _randomise(rgb.trunk, seed=5)
+    path = tmp_path / "rgb.pt"
+    export_encoder(rgb, str(path), method="simclr")
+    grey = build_backbone("resnet18", in_channels=1)
+    with pytest.raises(EncoderLoadError, match="convert_channels"):
+        load_encoder(grey, str(path))
+    report = load_encoder(grey, str(path), convert_channels=True)
+    assert report.ok and report.converted == ["conv1.weight 3→1"]
+    rgb.eval(), grey.eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():  # summed filters: a grey image equals the RGB image with R = G = B
+        assert _rel_err(grey(x), rgb(x.repeat(1, 3, 1, 1))) <= 1e-5
+    w = torch.randn(4, 1, 3, 3)
+    w3 = convert_input_channels(w, 3)
+    assert w3.shape == (4, 3, 3, 3) and torch.allclose(w3.sum(1, keepdim=True), w)
+
+
+def test_pretrained_backbone_builds_arch_from_header(tmp_path):
+    source = build_backbone("efficientnet-b0")
+    _randomise(source.trunk, seed=7)
+    path = tmp_path / "encoder.pt"
+    export_encoder(source, str(path), method="simclr", normalization=NORM)
+    backbone = pretrained_backbone(arch=None, weights=str(path))
+    assert backbone.arch == "efficientnet-b0" and backbone.load_report.ok
+    for k, v in source.trunk.state_dict().items():
+        assert torch.equal(backbone.trunk.state_dict()[k], v)
+
+
+def test_bad_encoder_files_name_the_file(tmp_path):
+    target = build_backbone("resnet18").trunk
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_encoder(target, str(missing))
+    good = tmp_path / "good.pt"
+    export_encoder(build_backbone("resnet18"), str(good), method="simclr")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
+    with pytest.raises(EncoderLoadError, match=str(truncated)):
+        load_encoder(target, str(truncated))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(EncoderLoadError, match=str(garbage)):
+        load_encoder(target, str(garbage))
+    plain = tmp_path / "plain_state_dict.pt"
+    torch.save(target.state_dict(), plain)
+    with pytest.raises(EncoderLoadError, match="not an encoder file"):
+        load_encoder(target, str(plain))
+    pickled = tmp_path / "pickled_object.pt"
+    torch.save({"state_dict": {}, "format": 1, "obj": _Opaque()}, pickled)
+    with pytest.raises(EncoderLoadError, match=str(pickled)):  # weights_only=True refuses objects
+        load_encoder(target, str(pickled))
+
+
+class _Opaque:
+    pass
+
+
+def test_wrong_architecture_is_rejected(tmp_path):
+    path = tmp_path / "encoder.pt"
+    export_encoder(build_backbone("resnet18"), str(path), method="simclr")
+    with pytest.raises(EncoderLoadError, match="not filled"):
+        load_encoder(FlexibleUNet(3, 2, backbone="resnet34", pretrained=False).encoder, str(path))
+
+
+def test_null_spec_is_random_init():
+    assert resolve_weight_spec(None) is None and resolve_weight_spec("null") is None
+    assert load_encoder(build_backbone("resnet18"), None) is None
+
+
+def test_timm_spec_loads_through_timm_pretrained_path(tmp_path, monkeypatch):
+    """``timm:<name>`` runs timm's own ``pretrained=True`` loading; here it finds the weights in a
+    local Hugging Face cache (no network), as it would after a first online run."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    _randomise(model, seed=11)
+    cfg = timm.models.get_pretrained_cfg("resnet18")
+    repo = cfg.hf_hub_id
+    snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    full = timm.create_model("resnet18", pretrained=False)
+    state = dict(full.state_dict())
+    state.update(model.state_dict())
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    backbone = pretrained_backbone(arch="timm/resnet18", weights="timm:resnet18")
+    assert backbone.load_report.ok and backbone.load_report.arch == "timm/resnet18"
+    assert backbone.load_report.header["normalization"]["mean"] == list(cfg.mean)
+    for k, v in model.state_dict().items():
+        assert torch.equal(backbone.trunk.state_dict()[k], v), k
+
+
+def test_timm_spec_offline_without_cache_explains(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(EncoderLoadError, match="timm:resnet18"):
+        resolve_weight_spec("timm:resnet18")
