@@ -41,7 +41,8 @@ def run_config(bundle: Path, configs: list[str], bundle_root: str, dataset_dir: 
     )
     wf.initialize()
     losses: list[float] = []
-    if "train#trainer" in wf.parser:
+    run_expr = json.dumps(wf.parser.get(wf.run_id)).replace("::", "#")
+    if "train#trainer" in run_expr:  # only configs that train: evaluate.json must not build a trainer
         trainer = wf.parser.get_parsed_content("train#trainer")
 
         def record(engine):
@@ -62,9 +63,16 @@ def main(spec_file: str) -> None:
     rank = int(os.environ.get("RANK", 0))
     results = {}
     for job in spec["jobs"]:
-        res = run_config(Path(job["bundle"]), ["train.json", "multi_gpu_train.json"], job["bundle_root"], job["dataset_dir"])
+        # the bundles share one process group: keep it (and ignite's view of it) between jobs
+        res = run_config(
+            Path(job["bundle"]), ["train.json", "multi_gpu_train.json"], job["bundle_root"], job["dataset_dir"], finalize=[]
+        )
         results[job["name"]] = {"losses": res["losses"], "output_dir": res["output_dir"]}
     Path(spec["out"]).joinpath(f"rank{rank}.json").write_text(json.dumps(results))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def assert_trained(losses: list[float], where: str) -> None:

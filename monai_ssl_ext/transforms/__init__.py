@@ -1,3 +1,3 @@
 from .augment import SimCLRAugment
-from .checks import EnsureChannelsd, source_name
+from .checks import CheckedLoadImage, CheckedLoadImaged, EnsureChannelsd, ImageReadError, source_name
 from .multiview import MultiViewd, view_keys

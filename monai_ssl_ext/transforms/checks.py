@@ -6,9 +6,33 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import LoadImage, LoadImaged, MapTransform
 
-__all__ = ["EnsureChannelsd", "source_name"]
+__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "EnsureChannelsd", "ImageReadError", "source_name"]
+
+
+class ImageReadError(RuntimeError):
+    """An image file could not be read (missing, not an image, truncated, ...)."""
+
+
+class CheckedLoadImage(LoadImage):
+    """MONAI's ``LoadImage`` whose read errors name the file: some reader errors do not (PIL's
+    "image file is truncated" for a partly written JPEG), and MONAI's wrapping
+    ("applying transform <LoadImaged ...>") does not either."""
+
+    def __call__(self, filename, reader=None):
+        try:
+            return super().__call__(filename, reader)
+        except Exception as e:
+            raise ImageReadError(f"cannot read image {filename!s}: {type(e).__name__}: {e}") from e
+
+
+class CheckedLoadImaged(LoadImaged):
+    """``LoadImaged`` (same arguments) whose read errors name the file, see :class:`CheckedLoadImage`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loader.__class__ = CheckedLoadImage  # same state, only __call__ differs
 
 
 def source_name(data: Mapping, key: Hashable) -> str:

@@ -1,0 +1,195 @@
+"""Resume: a training run killed (SIGKILL) after a checkpoint is resumed by the same command and
+ends with the same weights as an uninterrupted run (CPU, fixed seed); the random state is stored
+so that ``torch.load(..., weights_only=True)`` reads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+BUNDLE = ROOT / "bundles" / "simclr_cholec"
+CKPT = Path("runs") / "simclr_cholec" / "models" / "checkpoint_last.pt"
+ENCODER = CKPT.parent / "encoder.pt"
+EPOCHS = 6
+
+
+def _small_dataset(demo: str, out: Path, n_train: int = 8, n_val: int = 4) -> Path:
+    """A dataset folder whose CSVs list a few demo frames (absolute paths)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows = Path(demo, f"{split}.csv").read_text().splitlines()[1:]
+        rows = rows[:: max(1, len(rows) // n)][:n]  # spread over the videos
+        lines = ["path,label"] + [f"{os.path.join(demo, r.split(',')[0])},{r.split(',')[1]}" for r in rows]
+        (out / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _command(override: Path, data: Path, root: Path) -> list[str]:
+    cfg = BUNDLE / "configs"
+    files = [str(cfg / "train.json"), str(cfg / "smoke.json"), str(override)]
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(files),
+            "--dataset_dir", str(data), "--bundle_root", str(root)]
+
+
+def _env() -> dict:
+    # one intra-op thread in every run: the same kernels, the same summation order
+    return dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
+                MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def _start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, object]:
+    f = open(log, "w")
+    return subprocess.Popen(cmd, cwd=str(ROOT), env=_env(), stdout=f, stderr=subprocess.STDOUT), f
+
+
+def _finish(proc: subprocess.Popen, f, log: Path, timeout: float = 120) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        f.close()
+    text = log.read_text()
+    assert proc.returncode == 0, f"{log.name} exited {proc.returncode}:\n{text[-4000:]}"
+    return text
+
+
+def _losses(log: str) -> list[str]:
+    return re.findall(r"Epoch: \d+/\d+, Iter: \d+/\d+ -- train_loss: (\S+)", log)
+
+
+def _ckpt_epoch(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True)["engine"]["epoch"])
+
+
+def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path):
+    data = _small_dataset(demo_data("cholec"), tmp_path / "data")
+    override = tmp_path / "resume.json"
+    # whole epochs (epoch_length null: smoke.json sets 2), validation every epoch (it draws random
+    # augmentations too), the smoke sizes (batch 4, 32 px, no workers)
+    override.write_text(json.dumps({"epochs": EPOCHS, "epoch_length": None, "val_interval": 1}))
+    root_a, root_b = tmp_path / "a", tmp_path / "b"
+
+    # A (uninterrupted) runs beside B: one core each
+    proc_a, log_a = _start(_command(override, data, root_a), tmp_path / "a.log")
+    proc_b, log_b = _start(_command(override, data, root_b), tmp_path / "b1.log")
+    try:
+        deadline = time.monotonic() + 180
+        # the checkpoint is written atomically (write, then rename) at epoch ends: once it is
+        # there it is complete
+        while time.monotonic() < deadline and proc_b.poll() is None and not (root_b / CKPT).is_file():
+            time.sleep(0.01)
+        if proc_b.poll() is None and (root_b / CKPT).is_file():
+            os.kill(proc_b.pid, signal.SIGKILL)
+        proc_b.wait(timeout=30)
+    finally:
+        if proc_b.poll() is None:
+            proc_b.kill()
+            proc_b.wait()
+        log_b.close()
+    b1 = (tmp_path / "b1.log").read_text()
+    assert proc_b.returncode == -signal.SIGKILL, f"run B was not killed (rc {proc_b.returncode}):\n{b1[-4000:]}"
+    killed_at = _ckpt_epoch(root_b / CKPT)  # weights_only=True: the RNG state loads too
+    assert killed_at is not None and 1 <= killed_at < EPOCHS, f"kill did not land mid-run (checkpoint epoch {killed_at})"
+    assert "SSLTrainer - INFO - Engine run finished" not in b1
+
+    # B again, the very same command: it resumes from the checkpoint (A is still running)
+    proc_b2, log_b2 = _start(_command(override, data, root_b), tmp_path / "b2.log")
+    out_b2 = _finish(proc_b2, log_b2, tmp_path / "b2.log")
+    out_a = _finish(proc_a, log_a, tmp_path / "a.log")
+    assert f"resumed from {root_b / CKPT} at epoch {killed_at}" in out_b2, out_b2[-4000:]
+    assert f"Epoch: {killed_at}/{EPOCHS}," not in out_b2, "the resumed run repeated a finished epoch"
+    assert f"Epoch: {killed_at + 1}/{EPOCHS}, Iter: 1/" in out_b2
+    assert "resumed from" not in out_a
+    # the resumed run's losses are the uninterrupted run's (same batches, same augmentations)
+    assert _losses(out_b2) == _losses(out_a)[killed_at * 2 :]
+
+    ck_a = torch.load(root_a / CKPT, map_location="cpu", weights_only=True)
+    ck_b = torch.load(root_b / CKPT, map_location="cpu", weights_only=True)
+    assert ck_a["engine"] == ck_b["engine"]
+    assert ck_a["engine"]["epoch"] == EPOCHS and ck_a["engine"]["iteration"] == EPOCHS * 2
+    _assert_same_state(ck_a["network"], ck_b["network"], "network")
+    _assert_same_state(ck_a["optimizer"]["state"], ck_b["optimizer"]["state"], "optimizer")
+    assert ck_a["lr_scheduler"] == ck_b["lr_scheduler"]
+    enc_a = torch.load(root_a / ENCODER, map_location="cpu", weights_only=True)
+    enc_b = torch.load(root_b / ENCODER, map_location="cpu", weights_only=True)
+    _assert_same_state(enc_a["state_dict"], enc_b["state_dict"], "encoder")
+    # the random state at the end is the same as well
+    assert torch.equal(ck_a["rng"]["torch"], ck_b["rng"]["torch"])
+    assert all(torch.equal(x["keys"], y["keys"]) for x, y in zip(ck_a["rng"]["transforms"], ck_b["rng"]["transforms"]))
+
+
+def _assert_same_state(a, b, what: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{what}: different keys"
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{what}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        if not torch.equal(a, b):
+            diff = (a.double() - b.double()).abs().max().item() if a.is_floating_point() else "n/a"
+            pytest.fail(f"{what} differs between the uninterrupted and the resumed run (max abs diff {diff})")
+    else:
+        assert a == b, f"{what}: {a!r} != {b!r}"
+
+
+# ---- RNGState -----------------------------------------------------------------------------------
+
+
+def _draw(transform) -> list:
+    out = transform({"image": torch.ones(1, 8, 8)})
+    return [torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)],
+            out["image"].flatten().tolist()]
+
+
+def test_rng_state_round_trip(tmp_path):
+    from monai.transforms import Compose, RandGaussianNoised, RandScaleIntensityd
+
+    from monai_ssl_ext.handlers import ResumableCheckpoint, RNGState
+
+    transform = Compose([RandGaussianNoised(keys="image", prob=1.0), RandScaleIntensityd(keys="image", factors=0.5, prob=0.5)])
+    transform.set_random_state(seed=3)
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    _draw(transform)  # move away from the seeds
+    rng = RNGState(transform)
+    saved = rng.state_dict()
+    assert len(saved["transforms"]) >= 3  # Compose's own generator and the transforms'
+    first = _draw(transform)
+    rng.load_state_dict(saved)
+    assert _draw(transform) == first
+
+    # through a checkpoint file: a plain weights_only load, then the restore
+    class _Engine:
+        class state:
+            epoch, iteration, epoch_length = 3, 30, 10
+
+    ckpt = ResumableCheckpoint(str(tmp_path), {"rng": RNGState(transform)})
+    rng.load_state_dict(saved)
+    ckpt.save(_Engine)
+    second = _draw(transform)
+    assert second == first
+    payload = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert payload["engine"] == {"epoch": 3, "iteration": 30, "epoch_length": 10}
+    _draw(transform)
+    RNGState(transform).load_state_dict(payload["rng"])
+    assert _draw(transform) == first
+
+    # a transform chain that changed since the checkpoint is refused
+    with pytest.raises(RuntimeError, match="transform random states"):
+        RNGState(Compose([RandGaussianNoised(keys="image")])).load_state_dict(payload["rng"])
