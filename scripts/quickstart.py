@@ -93,7 +93,8 @@ def main(
     losses = ssl_loss_history(out)
     quarter = max(1, len(losses) // 4)
     first, last = sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
-    metrics_file = next(iter(sorted((seg_out / "eval").glob("*.csv"))), None) if (seg_out / "eval").is_dir() else None
+    metrics_file = seg_out / "eval" / "metrics.csv"
+    seg_metrics = dict(line.split(",", 1) for line in metrics_file.read_text().split()) if metrics_file.is_file() else {}
     summary = {
         "demo_data": str(data),
         "simclr_encoder": str(encoder),
@@ -102,7 +103,8 @@ def main(
         "simclr_loss_last_quarter": round(last, 4),
         "segmentation_model": str(seg_out / "models" / "model.pt"),
         "segmentation_eval": str(seg_out / "eval"),
-        "segmentation_metrics_file": str(metrics_file) if metrics_file else None,
+        **{f"segmentation_test_{k}": round(float(v), 4) for k, v in seg_metrics.items()},
+        "segmentation_predictions": "python -m monai.bundle run --config_file bundles/flexibleunet_tools/configs/inference.json",
         "mlflow_db": str(out / "runs" / "mlruns.db"),
         "mlflow_ui": f"pip install mlflow && mlflow ui --backend-store-uri sqlite:///{out / 'runs' / 'mlruns.db'}",
     }
