@@ -6,6 +6,6 @@ classes defined here by their short names in bundle configs (``"$import monai_ss
 
 __version__ = "0.1.0"
 
-from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms  # noqa: E402
+from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms, utils  # noqa: E402
 from . import encoders  # noqa: E402
 from .encoders import load_encoder  # noqa: E402

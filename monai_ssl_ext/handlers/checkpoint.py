@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
+from ..utils import as_bool
 
 __all__ = ["RNGState", "ResumableCheckpoint"]
 
@@ -91,17 +92,6 @@ class RNGState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _as_bool(value, key: str) -> bool:
-    """Config/CLI flag → bool (``--resume false`` arrives as the string "false")."""
-    if isinstance(value, str):
-        if value.strip().lower() in ("true", "1", "yes"):
-            return True
-        if value.strip().lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"`{key}` must be true or false, got {value!r}")
-    return bool(value)
-
-
 class ResumableCheckpoint:
     """Save ``save_dict`` (plus the engine's progress) to ``<ckpt_dir>/<filename>`` every
     ``interval`` epochs, atomically (write then rename), rank 0 only; on start, if the file exists,
@@ -122,7 +112,7 @@ class ResumableCheckpoint:
         if "engine" in self.save_dict:
             raise ValueError("ResumableCheckpoint: 'engine' is reserved for the trainer's progress")
         self.interval = int(interval)
-        self.resume = _as_bool(resume, "resume")
+        self.resume = as_bool(resume, "resume")
         self.logger = logging.getLogger("monai_ssl_ext.ResumableCheckpoint")
 
     def attach(self, engine: Engine) -> None:
