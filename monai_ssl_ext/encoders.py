@@ -87,8 +87,8 @@ class LoadReport:
 
     def params(self) -> dict:
         """Flat dict for experiment tracking."""
-        out = {f"encoder_{k}": v for k, v in self.header.items() if k != "state_dict"}
-        out.update(encoder_source=self.source, encoder_loaded=len(self.loaded))
+        out = {k: v for k, v in self.header.items() if k != "state_dict"}
+        out.update(source=self.source, loaded=len(self.loaded), ignored=len(self.ignored))
         return out
 
 
