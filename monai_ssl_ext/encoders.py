@@ -41,6 +41,7 @@ __all__ = [
     "load_encoder",
     "convert_input_channels",
     "pretrained_backbone",
+    "same_normalization",
 ]
 
 logger = logging.getLogger("monai_ssl_ext.encoders")
@@ -322,7 +323,7 @@ def load_encoder(
     for d_key in dst:
         if d_key not in new_state:
             (report.ignored if any(p.search(d_key) for p in ignore) else report.missing).append(d_key)
-    if expected_normalization is not None and payload.get("normalization") and not _same_norm(
+    if expected_normalization is not None and payload.get("normalization") and not same_normalization(
         payload["normalization"], expected_normalization
     ):
         msg = (
@@ -338,7 +339,8 @@ def load_encoder(
     return report
 
 
-def _same_norm(a: dict, b: dict) -> bool:
+def same_normalization(a: dict, b: dict) -> bool:
+    """Equal ``mean``/``std`` lists (to 1e-6)."""
     try:
         return all(
             len(a[k]) == len(b[k]) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a[k], b[k]))

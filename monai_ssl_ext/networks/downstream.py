@@ -109,16 +109,6 @@ class LinearProbe(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _same_norm(a: dict, b: dict) -> bool:
-    try:
-        return all(
-            len(a[k]) == len(b[k]) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a[k], b[k]))
-            for k in ("mean", "std")
-        )
-    except (KeyError, TypeError):
-        return a == b
-
-
 def encoder_normalization(backbone: nn.Module, normalization: dict | None = None, channels: int | None = None) -> dict:
     """The input normalisation ``{"mean": [...], "std": [...]}`` for finetuning ``backbone``.
 
@@ -133,7 +123,9 @@ def encoder_normalization(backbone: nn.Module, normalization: dict | None = None
     header = (getattr(report, "header", None) or {}).get("normalization") or {}
     if header.get("mean") and header.get("std"):
         chosen = {"mean": [float(v) for v in header["mean"]], "std": [float(v) for v in header["std"]]}
-        if normalization and not _same_norm(chosen, normalization):
+        from ..encoders import same_normalization  # encoders imports this package
+
+        if normalization and not same_normalization(chosen, normalization):
             logger.warning(
                 f"the config's normalization {normalization} differs from the encoder header's {chosen} "
                 f"({getattr(report, 'source', '?')}): using the header's, as in pretraining"
