@@ -54,7 +54,8 @@ def test_bundle_runs(bundle, demo_data, tmp_path):
             assert [round(m.value, 4) for m in history] == [round(v, 4) for v in res["losses"]]
             assert any(k.startswith("encoder") or k in ("backbone", "pretrained_encoder") for k in run.data.params)
             assert "learning_rate" in run.data.params
-            assert any(k.startswith("val_") for k in run.data.metrics), run.data.metrics  # validation metrics
+            if "validate#evaluator" in res["parser"]:  # validation metrics in the same run
+                assert any(k.startswith("val_") for k in run.data.metrics), run.data.metrics
             artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
             assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
 

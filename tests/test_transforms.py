@@ -94,3 +94,20 @@ def test_backbone_factory_errors():
 def test_flatten_params():
     flat = flatten_params({"lr": 1e-3, "normalization": {"mean": [0.5], "std": [0.5]}, "name": "x"})
     assert flat == {"lr": "0.001", "normalization.mean": "[0.5]", "normalization.std": "[0.5]", "name": "x"}
+
+
+def test_rand_resized_crop_pairs_image_and_label():
+    from monai_ssl_ext.transforms.spatial import RandResizedCropd
+
+    torch.manual_seed(0)
+    label = torch.zeros(1, 64, 64)
+    label[:, 16:48, 20:40] = 3
+    image = label * 100.0 + 7.0  # the image is a function of the label
+    t = RandResizedCropd("image", size=32, scale=(0.3, 1.0), label_keys="label")
+    for _ in range(5):
+        out = t({"image": image, "label": label})
+        assert out["image"].shape == out["label"].shape == (1, 32, 32)
+        assert set(out["label"].unique().tolist()) <= {0.0, 3.0}  # nearest: no blended label values
+        inside = out["label"] == 3
+        if inside.any():  # bilinear image agrees with the label away from edges
+            assert out["image"][inside].median() > 150 and out["image"][~inside].median() < 60
