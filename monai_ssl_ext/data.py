@@ -8,7 +8,9 @@ everywhere and always name the offending file (and line / path where relevant):
 * :func:`load_datalist` -- MONAI decathlon-style JSON datalists;
 * :func:`percent_subset` -- "N% of the training items", seeded (tool-segmentation ``--perc``);
 * :func:`class_balanced_subset` / :func:`budget_subset` -- class-balanced label budgets of the
-  SimCLR linear-probe protocol (1% = 200 frames per class, 10% = 2000 per class, 100% = all).
+  SimCLR linear-probe protocol (1% = 200 frames per class, 10% = 2000 per class, 100% = all);
+* :func:`subset_with_oversampling` -- the SSL-MedSeg data-efficiency protocol (a random fraction
+  of the ACDC training slices, repeated to keep the epoch length).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ACDC_SUBSET_SIZES",
     "BUDGETS",
     "budget_subset",
     "class_balanced_subset",
     "load_datalist",
     "percent_subset",
     "read_frame_csv",
+    "subset_size",
+    "subset_with_oversampling",
 ]
 
 #: Linear-probe label budgets of the SimCLR surgical-video recipe (frames per class).
@@ -237,3 +242,84 @@ def load_datalist(
     if not isinstance(content[key], list) or not content[key]:
         raise ValueError(f"datalist {str(path)!r}: list {key!r} is empty or not a list.")
     return load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=key, base_dir=base_dir)
+
+
+#: SSL-MedSeg data-efficiency sweep: ``subset_ratio`` -> number of ACDC training slices (of 1498)
+#: as published; :func:`subset_size` reproduces every entry.
+ACDC_SUBSET_SIZES: dict[float, int] = {
+    0.001: 1,
+    0.002: 3,
+    0.005: 7,
+    0.01: 15,
+    0.02: 30,
+    0.05: 75,
+    0.1: 150,
+    0.2: 300,
+    0.5: 749,
+    1.0: 1498,
+}
+
+
+def _check_ratio(ratio: float) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio <= 1):
+        raise ValueError(f"subset ratio must be a number in (0, 1], got {ratio!r}.")
+    return float(ratio)
+
+
+def subset_size(n: int, ratio: float, min_items: int = 1) -> int:
+    """Number of items a ``ratio`` subset of ``n`` items keeps.
+
+    ``k = round(ratio * n)`` with Python's ``round`` (half to even, the same as the source's
+    ``int(np.around(len(samples) * subset_ratio))``), then at least ``min_items`` and at most
+    ``n``. For ``n = 1498`` this gives the published sizes :data:`ACDC_SUBSET_SIZES` (flooring
+    would give 1, 2, 7, 14, 29, 74, 149, 299, 749, 1498 instead).
+
+    Raises:
+        ValueError: ``ratio`` is not in (0, 1], ``n`` or ``min_items`` is negative.
+    """
+    ratio = _check_ratio(ratio)
+    if n < 0 or min_items < 0:
+        raise ValueError(f"n and min_items must be >= 0, got n={n!r}, min_items={min_items!r}.")
+    return min(int(n), max(int(min_items), round(ratio * n)))
+
+
+def subset_with_oversampling(items: Sequence, ratio: float, seed: int, min_items: int = 1) -> list:
+    """SSL-MedSeg data-efficiency subset: a random ``ratio`` of the slices, oversampled.
+
+    Exactly:
+
+    * ``ratio == 1.0``: every item once, in the original order;
+    * otherwise ``k = subset_size(len(items), ratio, min_items)`` (``round(ratio * n)``, at least
+      ``min_items``), ``idx = np.random.default_rng(seed).choice(len(items), size=k,
+      replace=False)``, the subset is ``[items[i] for i in idx]`` in the order drawn, and it is
+      repeated ``floor(1 / ratio)`` times (``subset * reps``) so that the epoch length stays about
+      ``len(items)``: for the published ratios on the 1498 ACDC training slices, 1000 to 1500
+      items per epoch (:data:`ACDC_SUBSET_SIZES` gives the distinct slices).
+
+    Dict items are shallow-copied, so a transform that edits one repetition in place does not
+    change the others. The sampling is slice-level (not patient-level), as published; the source
+    drew with the global ``np.random.choice`` state, here the draw depends on ``seed`` only, and
+    a larger ratio with the same seed does not necessarily contain a smaller one.
+
+    Args:
+        items: the training items (e.g. the ``"training"`` list of ``acdc_slices.json``).
+        ratio: fraction in (0, 1] (the source's ``subset_ratio``).
+        seed: random seed (the published sweep used 0, 13, 42, 123, 1111, 77, 62, 91, 7, 5).
+        min_items: lower bound on the number of distinct items.
+
+    Raises:
+        ValueError: ``ratio`` outside (0, 1]; ``items`` is empty.
+    """
+    import numpy as np
+
+    ratio = _check_ratio(ratio)
+    items = list(items)
+    if not items:
+        raise ValueError("subset_with_oversampling: no items to sample from.")
+    if ratio == 1.0:
+        return items
+    k = subset_size(len(items), ratio, min_items)
+    idx = np.random.default_rng(seed).choice(len(items), size=k, replace=False)
+    subset = [items[int(i)] for i in idx]
+    reps = max(1, math.floor(1.0 / ratio + 1e-9))
+    return [dict(it) if isinstance(it, dict) else it for _ in range(reps) for it in subset]

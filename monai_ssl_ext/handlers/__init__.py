@@ -5,3 +5,4 @@ from .nan_guard import NaNGuard, NonFiniteLossError
 from .tracking import TrackParams, flatten_params
 from .embeddings import EmbeddingWriter
 from .overlay import OverlayWriter, require_checkpoint
+from .grad_clip import GradientClip
