@@ -105,6 +105,7 @@ def export_encoder(
         "in_channels": backbone.in_channels,
         "feature_dim": backbone.feature_dim,
         "first_conv": backbone.first_conv,
+        "arch_params": dict(backbone.arch_params),
         "normalization": dict(normalization or {}),
         "method": method,
         "package_version": __version__,
@@ -184,6 +185,8 @@ def _family(arch: str) -> str:
         if re.match(r"^tf_efficientnet_(b\d|l2)", name):
             return "timm-tf-efficientnet"
         return "timm"
+    if arch == "vit":
+        return "monai-vit"
     if arch.startswith("efficientnet"):
         return "monai-efficientnet"
     if re.match(r"^resnet\d+$", arch):
@@ -192,11 +195,14 @@ def _family(arch: str) -> str:
 
 
 def _target_family(target: nn.Module) -> str:
+    from monai.networks.nets import ViT
     from monai.networks.nets.efficientnet import EfficientNet
     from monai.networks.nets.resnet import ResNet
 
     if isinstance(target, Backbone):
         return _family(target.arch)
+    if isinstance(target, ViT):
+        return "monai-vit"
     if isinstance(target, EfficientNet):
         return "monai-efficientnet"
     if isinstance(target, ResNet):
@@ -377,7 +383,8 @@ def pretrained_backbone(
         if resolved is None:
             raise ValueError("pretrained_backbone: give `arch` or an encoder file to take it from")
         arch = resolved[1]["arch"]
-    backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels)
+    arch_params = dict(resolved[1].get("arch_params") or {}) if resolved is not None else {}
+    backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels, **arch_params)
     if resolved is not None:
         source, payload = resolved
         report = load_encoder(backbone, payload, convert_channels=True)

@@ -5,7 +5,11 @@ Names
       ``resnet10`` … ``resnet200``) builds MONAI's own encoder, the very module
       ``FlexibleUNet(backbone=name).encoder`` holds, so an exported trunk loads into FlexibleUNet
       key for key;
-    * ``timm/<model-name>`` builds ``timm.create_model(<model-name>, num_classes=0)`` (2D only).
+    * ``timm/<model-name>`` builds ``timm.create_model(<model-name>, num_classes=0)`` (2D only);
+    * ``vit`` builds MONAI's ``ViT(classification=False)`` (2D/3D), the trunk of ``ViTAutoEnc`` and of
+      ``UNETR.vit``; its size comes from keyword arguments (``img_size``, ``patch_size``,
+      ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, ``proj_type``, ``qkv_bias``),
+      stored in the encoder header as ``arch_params``.
 
 Every trunk is wrapped in :class:`Backbone`: ``backbone(x)`` returns pooled features
 ``(B, feature_dim)`` for SSL heads, ``backbone.feature_maps(x)`` returns the per-stage feature maps,
@@ -42,9 +46,17 @@ class Backbone(nn.Module):
     """
 
     def __init__(
-        self, arch: str, trunk: nn.Module, feature_dim: int, spatial_dims: int, in_channels: int, first_conv: str
+        self,
+        arch: str,
+        trunk: nn.Module,
+        feature_dim: int,
+        spatial_dims: int,
+        in_channels: int,
+        first_conv: str,
+        arch_params: dict | None = None,
     ):
         super().__init__()
+        self.arch_params = dict(arch_params or {})
         self.arch = arch
         self.trunk = trunk
         self.feature_dim = feature_dim
@@ -56,12 +68,16 @@ class Backbone(nn.Module):
     def family(self) -> str:
         if self.arch.startswith(TIMM_PREFIX):
             return "timm"
+        if self.arch == "vit":
+            return "monai-vit"
         return "monai-efficientnet" if self.arch.startswith("efficientnet") else "monai-resnet"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, feature_dim)``."""
         if self.family == "timm":
             return self.trunk(x)
+        if self.family == "monai-vit":
+            return self.trunk(x)[0].mean(dim=1)  # mean of the patch tokens after the final norm
         if self.family == "monai-efficientnet":
             # EfficientNetBN's classification path (stem, blocks, conv head, pooling, dropout) with
             # the classifier removed: the 1280-d feature torchvision's efficientnet_b0 gives.
@@ -76,18 +92,47 @@ class Backbone(nn.Module):
         """Per-stage feature maps (the list FlexibleUNet's decoder consumes for MONAI trunks)."""
         if self.family == "timm":
             return list(self.trunk.forward_intermediates(x, intermediates_only=True))
+        if self.family == "monai-vit":
+            tokens, hidden = self.trunk(x)  # hidden states of every block (UNETR's skips), then the output
+            return [*hidden, tokens]
         return list(self.trunk(x))
 
 
-def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3) -> Backbone:
-    """Build a :class:`Backbone` from a trunk name (see the module docstring)."""
+def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3, **arch_params) -> Backbone:
+    """Build a :class:`Backbone` from a trunk name (see the module docstring); ``arch_params`` size
+    the ``vit`` trunk and are not accepted for the others."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone: expected a trunk name, got {name!r}")
     if in_channels < 1:
         raise ValueError(f"backbone {name!r}: in_channels must be >= 1, got {in_channels}")
+    if name == "vit":
+        return _vit_backbone(spatial_dims, in_channels, **arch_params)
+    if arch_params:
+        raise ValueError(f"backbone {name!r} takes no architecture parameters, got {sorted(arch_params)}")
     if name.startswith(TIMM_PREFIX):
         return _timm_backbone(name, spatial_dims, in_channels)
     return _monai_backbone(name, spatial_dims, in_channels)
+
+
+VIT_DEFAULTS = {
+    "img_size": 96, "patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12,
+    "proj_type": "conv", "qkv_bias": False, "dropout_rate": 0.0,
+}
+
+
+def _vit_backbone(spatial_dims: int, in_channels: int, **arch_params) -> Backbone:
+    from monai.networks.nets import ViT
+
+    unknown = set(arch_params) - set(VIT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"backbone 'vit': unknown parameters {sorted(unknown)}; known: {sorted(VIT_DEFAULTS)}")
+    params = {**VIT_DEFAULTS, **arch_params}
+    for key in ("img_size", "patch_size"):
+        if isinstance(params[key], (list, tuple)):
+            params[key] = [int(v) for v in params[key]]
+    trunk = ViT(in_channels=in_channels, spatial_dims=spatial_dims, classification=False, **params)
+    return Backbone("vit", trunk, params["hidden_size"], spatial_dims, in_channels,
+                    "patch_embedding.patch_embeddings.weight", arch_params=params)
 
 
 def _monai_backbone(name: str, spatial_dims: int, in_channels: int) -> Backbone:
