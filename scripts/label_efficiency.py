@@ -1,0 +1,672 @@
+"""Label-efficiency sweep: run a finetuning bundle over label budgets × initialisations × seeds,
+track every run in one MLflow store, and write a table and a plot of metric vs label budget.
+
+Usage (from the repository root)::
+
+    # flexibleunet_tools: % of training images × {random, SimCLR, ImageNet} × 3 seeds (an init may
+    # be a dict of overrides holding the weight spec: ImageNet weights want ImageNet normalisation)
+    python scripts/label_efficiency.py --bundle flexibleunet_tools --budget_key perc \\
+        --budgets "[10,25,50,100]" --seeds "[0,1,2]" \\
+        --inits '{"random": null, "simclr": "runs/simclr_cholec/models/encoder.pt",
+                  "imagenet": {"pretrained_encoder": "timm:tf_efficientnet_b0",
+                               "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}}' \\
+        --metric val_mean_iou --budget_label "% of training images" \\
+        --out_dir runs/label_efficiency/tools --dataset_dir data/tools --epochs 20
+
+    # the same, with the test-set score of evaluate.json reported instead of the best validation score
+    python scripts/label_efficiency.py --bundle flexibleunet_tools --budget_key perc --budgets "[10,100]" \\
+        --inits '{"random": null, "simclr": "runs/simclr_cholec/models/encoder.pt"}' --seeds "[0,1]" \\
+        --evaluate evaluate.json --out_dir runs/label_efficiency/tools_test --dataset_dir data/tools
+
+    # tiny smoke sweep on demo data (python scripts/make_demo_data.py tools --out_dir data/demo/tools)
+    python scripts/label_efficiency.py --bundle flexibleunet_tools --budget_key perc --budgets "[50,100]" \\
+        --inits '{"random": null}' --seeds "[0,1]" --overrides "['smoke.json']" \\
+        --dataset_dir data/demo/tools --out_dir runs/label_efficiency/smoke
+
+    # planned: unet_acdc data-efficiency protocol (SPEC D.2): random slice fractions; one seed sets
+    # both the training seed and the subset seed; x axis = number of labelled slices
+    python scripts/label_efficiency.py --bundle unet_acdc --budget_key subset_ratio \\
+        --budgets "[0.01,0.1,1.0]" --seed_key "['seed','subset_seed']" --seeds "[0,13,42]" \\
+        --inits '{"random": null, "imagenet": "timm:resnet50", "byol_acdc": "runs/byol_acdc/models/encoder.pt"}' \\
+        --metric val_mean_iou --budget_to_x "{0.01: 15, 0.1: 150, 1.0: 1498}" \\
+        --budget_label "labelled training slices" --logx --out_dir runs/label_efficiency/acdc
+
+Add ``--dry_run`` to check the keys and print the planned runs without running anything.
+
+How it runs. Each (budget, init, seed) is one ordinary bundle run (``monai.bundle.create_workflow``
++ ``run`` + ``finalize``, i.e. ``monai.bundle.run`` keeping the workflow handle, with
+``--tracking mlflow``) of ``configs`` (default ``train.json``) + the config files in
+``overrides``, with these ids overridden:
+
+* ``<budget_key>`` = budget, ``<init_key>`` (default ``pretrained_encoder``) = the init's weight
+  spec, every id in ``seed_key`` = seed;
+* ``output_dir`` = ``<out_dir>/runs/<init>/<budget_key><budget>/seed<seed>`` (checkpoints and logs
+  of the run; ``bundle_root`` and with it the default ``dataset_dir`` are left alone);
+* ``tracking_uri`` = ``<out_dir>/mlruns.db`` (all runs in one store), ``experiment_name`` =
+  ``<bundle>-label-efficiency``, ``run_name`` = ``<init>-<budget_key><budget>-seed<seed>``;
+* ``resume`` = False where the bundle defines it, and the run folder is emptied first: every run
+  starts fresh, unless ``--skip_done`` and the run's ``label_efficiency.json`` (written when the run
+  finished) holds a result for the same settings, in which case the run is skipped.
+
+The reported value of a run: without ``evaluate``, the best value (max; min with ``--minimize``)
+of the MLflow metric ``metric`` over the run's history (the bundle's validation metric, logged
+every ``val_interval`` epochs); with ``evaluate`` (e.g. ``evaluate.json``), that config is run
+after training on the same output_dir (it loads the best checkpoint), and the value is its
+evaluator's final ``eval_metric`` (default: ``metric``). Each run gets MLflow params
+``sweep_init``, ``sweep_init_spec``, ``sweep_budget_key``, ``sweep_budget``, ``sweep_seed``
+(+ ``sweep_x``), the metric ``sweep_<metric>`` (the reported value) and, with ``evaluate``, the
+evaluator's metrics as ``eval_<name>``.
+
+Outputs in ``out_dir``: ``results.csv`` (one row per run), ``summary.md`` (rows = budgets, columns
+= inits, mean ± sample std over seeds), ``label_efficiency.png`` (metric vs budget or
+``budget_to_x``, one line per init, ±1 std error bars, inits offset by about 1% of the x range so
+that overlapping bars stay visible), ``mlruns.db`` (+ ``mlruns/`` artifacts), ``runs/`` (per-run
+outputs, each with ``label_efficiency.json``). A failed run is marked FAILED in MLflow and stops the
+sweep; ``results.csv`` keeps the runs finished so far, and ``--skip_done`` continues from there.
+On a small shared CPU, tiny (smoke) runs are several times faster with ``OMP_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import tokenize
+from pathlib import Path
+from typing import Any
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = ROOT / "bundles"
+RESULT_FILE = "label_efficiency.json"
+CSV_FIELDS = ["init", "budget", "x", "seed", "metric", "value", "run_id", "run_name", "output_dir"]
+# ids the sweep sets itself: user overrides must not touch them
+_SWEEP_IDS = ("output_dir", "tracking_uri", "experiment_name", "run_name")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as asked (unknown bundle, key, file, init, ...)."""
+
+
+# ---- argument normalisation (fire hands over strings, tuples, dicts, ...) --------------------
+
+def _parse(value: Any, what: str) -> Any:
+    """A JSON / Python-literal string → its value; other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text or text[0] not in "[{(":
+        return value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:  # Python-style quotes mixed with JSON's null / true / false (names only, not inside strings)
+        names = {"null": "None", "true": "True", "false": "False"}
+        tokens = [
+            (t.type, names.get(t.string, t.string) if t.type == tokenize.NAME else t.string)
+            for t in tokenize.generate_tokens(io.StringIO(text).readline)
+        ]
+        return ast.literal_eval(tokenize.untokenize(tokens))
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:
+        raise SweepError(f"cannot parse {what} {value!r}: {e}") from None
+
+
+def _as_list(value: Any, what: str) -> list:
+    value = _parse(value, what)
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str) and "," in value:
+        return [_parse_scalar(v) for v in value.split(",") if v.strip()]
+    return [value]
+
+
+def _parse_scalar(text: str) -> Any:
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _null_spec(spec: Any) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random"))
+
+
+def _x_lookup(mapping: dict, budget: Any) -> Any:
+    """``budget_to_x[budget]``, matching keys as given, as strings or as numbers (JSON keys are strings)."""
+    if budget in mapping:
+        return mapping[budget]
+    for k, v in mapping.items():
+        if str(k) == str(budget):
+            return v
+        try:
+            if float(k) == float(budget):
+                return v
+        except (TypeError, ValueError):
+            pass
+    raise KeyError(budget)
+
+
+# ---- bundle and config checks ----------------------------------------------------------------
+
+def resolve_bundle(bundle: str | os.PathLike) -> Path:
+    """A bundle name under ``bundles/`` or a path to a bundle folder (with ``configs/``)."""
+    path = Path(bundle)
+    for cand in (BUNDLES_DIR / str(bundle), path):
+        if (cand / "configs").is_dir():
+            return cand.resolve()
+    known = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs").is_dir()) if BUNDLES_DIR.is_dir() else []
+    raise SweepError(f"unknown bundle {str(bundle)!r}: not a folder under {BUNDLES_DIR} nor a path to a bundle (known: {known})")
+
+
+def _config_path(bundle_dir: Path, name: str, what: str) -> str:
+    cand = bundle_dir / "configs" / name
+    if cand.is_file():
+        return str(cand)
+    if Path(name).is_file():
+        return str(Path(name).resolve())
+    raise SweepError(f"{what} {name!r} not found in {bundle_dir / 'configs'} (nor as a path)")
+
+
+def _read_parser(files: list[str]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(files)
+    return parser
+
+
+def _split_overrides(overrides: Any, bundle_dir: Path) -> tuple[list[str], dict]:
+    """``overrides`` → (extra config files, id → value dict). Accepts a dict, a JSON string, a
+    list of config files (names in the bundle's configs/ or paths) and/or dicts."""
+    overrides = _parse(overrides, "overrides")
+    if overrides is None:
+        return [], {}
+    if isinstance(overrides, dict):
+        return [], dict(overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    files, pairs = [], {}
+    for item in overrides:
+        item = _parse(item, "overrides")
+        if isinstance(item, dict):
+            pairs.update(item)
+        elif isinstance(item, str):
+            files.append(_config_path(bundle_dir, item, "override config"))
+        else:
+            raise SweepError(f"overrides: expected config file names or dicts, got {item!r}")
+    return files, pairs
+
+
+def _run_dir(out_dir: Path, init: str, budget_key: str, budget: Any, seed: Any) -> Path:
+    return out_dir / "runs" / init / f"{budget_key}{budget}" / f"seed{seed}"
+
+
+def _run_name(init: str, budget_key: str, budget: Any, seed: Any) -> str:
+    return f"{init}-{budget_key}{budget}-seed{seed}"
+
+
+# ---- MLflow ----------------------------------------------------------------------------------
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, name: str, artifact_dir: Path) -> str:
+    from monai.utils import path_to_uri
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=path_to_uri(artifact_dir))
+
+
+def _runs_named(client, exp_id: str, name: str) -> list:
+    safe = name.replace("'", "\\'")
+    return client.search_runs([exp_id], filter_string=f"attributes.run_name = '{safe}'", max_results=1000)
+
+
+def _open_run(client, exp_id: str, name: str, params: dict) -> str:
+    """Create this cell's MLflow run (the bundle's MLFlowHandler attaches to the unfinished run of
+    the same name). Earlier unfinished runs of that name (killed sweeps) would be picked up instead:
+    mark them failed and rename them ``<name>-stale-<id>``."""
+    for old in _runs_named(client, exp_id, name):
+        if old.info.status != "FINISHED":
+            client.set_terminated(old.info.run_id, status="FAILED")
+            client.update_run(old.info.run_id, name=f"{name}-stale-{old.info.run_id[:8]}")
+    run = client.create_run(exp_id, run_name=name, tags={"sweep": "label_efficiency"})
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def _best_from_history(client, run_id: str, metric: str, minimize: bool) -> float:
+    history = client.get_metric_history(run_id, metric)
+    if not history:
+        have = sorted(client.get_run(run_id).data.metrics)
+        raise SweepError(
+            f"MLflow run {run_id} has no metric {metric!r} (it has {have}); pass --metric with one of them"
+        )
+    values = [m.value for m in history if math.isfinite(m.value)]
+    if not values:
+        return float("nan")
+    return min(values) if minimize else max(values)
+
+
+# ---- one run ---------------------------------------------------------------------------------
+
+def _quote(value: Any) -> str:
+    """A shell word that ``python -m monai.bundle run`` (fire) parses back to ``value``."""
+    text = value if isinstance(value, str) else repr(value)
+    if isinstance(value, str) and "'" in text:
+        return '"' + "".join("\\" + c if c in '\\"$`' else c for c in text) + '"'
+    return shlex.quote(text)
+
+
+def _shown(pairs: dict) -> str:
+    return " ".join(f"--{k} {_quote(v)}" for k, v in pairs.items())
+
+
+def _run_workflow(files: list[str], bundle_dir: Path, tracking: str | None, pairs: dict):
+    from monai.bundle import create_workflow
+
+    cfg = bundle_dir / "configs"
+    meta = cfg / "metadata.json"
+    logging_file = cfg / "logging.conf"
+    print(f"\n=== python -m monai.bundle run --config_file \"{files}\"" + (f" --tracking {tracking}" if tracking else "")
+          + f" {_shown(pairs)}\n", flush=True)
+    wf = create_workflow(
+        config_file=files,
+        meta_file=str(meta) if meta.is_file() else None,
+        logging_file=str(logging_file) if logging_file.is_file() else None,
+        tracking=tracking,
+        **pairs,
+    )
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def _evaluator_metrics(wf) -> dict:
+    """Final metrics of the evaluator that the evaluate config ran."""
+    from monai.engines import Evaluator
+
+    resolved = wf.parser.ref_resolver.resolved_content  # ids use "::" inside the resolver
+    for engine_id in ("evaluator", "validate::evaluator"):
+        if isinstance(resolved.get(engine_id), Evaluator):
+            return dict(resolved[engine_id].state.metrics)
+    engines = [v for v in resolved.values() if isinstance(v, Evaluator)]
+    if len(engines) == 1:
+        return dict(engines[0].state.metrics)
+    raise SweepError(
+        f"the evaluate config ran {len(engines)} evaluators and none under the ids 'evaluator' or 'validate#evaluator'"
+    )
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+def _fmt(value: float) -> str:
+    return "nan" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def aggregate(rows: list[dict], budgets: list, inits: list[str]) -> dict:
+    """``{(budget, init): (mean, sample std, n)}`` over seeds (std 0 for one seed)."""
+    out = {}
+    for b in budgets:
+        for i in inits:
+            vals = [r["value"] for r in rows if str(r["budget"]) == str(b) and r["init"] == i]
+            vals = [v for v in vals if math.isfinite(v)]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            out[(str(b), i)] = (mean, std, len(vals))
+    return out
+
+
+def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x=None, budget_label=None, title=None) -> str:
+    stats = aggregate(rows, budgets, inits)
+    head = [budget_key] + ([budget_label or "x"] if budget_to_x else []) + list(inits)
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    n_seeds = sorted({r["seed"] for r in rows}, key=str)
+    lines += [f"{metric_label}: mean ± sample std over seeds {n_seeds} (n per cell in brackets when not all seeds finished).", ""]
+    lines.append("| " + " | ".join(str(h) for h in head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for b in budgets:
+        cells = [str(b)] + ([str(_x_lookup(budget_to_x, b))] if budget_to_x else [])
+        for i in inits:
+            s = stats.get((str(b), i))
+            if s is None:
+                cells.append("—")
+            else:
+                cell = f"{_fmt(s[0])} ± {_fmt(s[1])}"
+                cells.append(cell if s[2] == len(n_seeds) else f"{cell} ({s[2]})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, budgets, inits, path, metric_label, budget_label, budget_to_x=None, logx=False, title=None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = aggregate(rows, budgets, inits)
+    try:
+        xs = [float(_x_lookup(budget_to_x, b) if budget_to_x else b) for b in budgets]
+        categorical = False
+    except (TypeError, ValueError):  # non-numeric budgets: evenly spaced, labelled ticks
+        xs, categorical, logx = [float(k) for k in range(len(budgets))], True, False
+    span = (max(xs) - min(xs)) or 1.0
+    markers, styles = "osD^v<>p", ["-", "--", "-.", ":"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for k, i in enumerate(inits):
+        # a small horizontal offset per init keeps overlapping error bars visible (cosmetic only)
+        off = (k - (len(inits) - 1) / 2) * 0.012
+        pts = []
+        for b, x in zip(budgets, xs):
+            s = stats.get((str(b), i))
+            if s is not None:
+                pts.append((x * (1 + 2 * off) if logx else x + off * span, s[0], s[1]))
+        if pts:
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3, label=i,
+                        marker=markers[k % len(markers)], linestyle=styles[k % len(styles)])
+    if logx:
+        ax.set_xscale("log")
+    if categorical:
+        ax.set_xticks(xs, [str(b) for b in budgets])
+    ax.set_xlabel(budget_label)
+    ax.set_ylabel(metric_label)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="initialisation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    os.replace(tmp, path)
+
+
+# ---- the sweep -------------------------------------------------------------------------------
+
+def sweep(
+    bundle: str,
+    budget_key: str,
+    budgets: Any,
+    inits: Any = None,
+    seeds: Any = (0,),
+    seed_key: Any = "seed",
+    init_key: str = "pretrained_encoder",
+    metric: str = "val_mean_iou",
+    minimize: bool = False,
+    out_dir: str = "runs/label_efficiency",
+    overrides: Any = None,
+    configs: Any = ("train.json",),
+    evaluate: str | None = None,
+    eval_metric: str | None = None,
+    budget_label: str | None = None,
+    budget_to_x: Any = None,
+    logx: bool = False,
+    experiment: str | None = None,
+    skip_done: bool = False,
+    dry_run: bool = False,
+    **config_overrides: Any,
+) -> dict:
+    """Run ``bundle`` over ``budgets`` × ``inits`` × ``seeds``; returns
+    ``{"rows": [...], "summary": markdown, "results_csv", "summary_md", "plot", "tracking_uri", "experiment"}``.
+
+    Args:
+        bundle: bundle name under ``bundles/`` or a path to a bundle folder.
+        budget_key: config id of the label budget (``perc``, ``subset_ratio``, ``train_volumes``).
+        budgets: budget values (list, or a JSON string such as ``"[0.01,0.1,1.0]"``).
+        inits: ``{label: weight spec}`` (JSON string or dict; null = random), set as ``init_key``.
+            Default ``{"random": null}``. A value may also be a dict of config overrides for that
+            init, holding the weight spec under ``init_key`` (e.g. ``{"pretrained_encoder":
+            "timm:tf_efficientnet_b0", "normalization": {...ImageNet mean/std...}}``).
+        seeds: seeds; each sets every id in ``seed_key`` (a key or a list of keys).
+        init_key: config id that takes the weight spec (default ``pretrained_encoder``).
+        metric: MLflow metric reported (best over the run's history: max, or min with ``minimize``).
+        out_dir: folder for results.csv, summary.md, label_efficiency.png, mlruns.db and runs/.
+        overrides: extra config overrides for every run: a dict (``{"epochs": 20}``), and/or a list
+            of config files merged after ``configs`` (``["smoke.json"]``).
+        configs: the bundle's config files to run (default ``["train.json"]``).
+        evaluate: a config run after training on top of ``configs`` (e.g. ``evaluate.json``); the
+            reported value is then its evaluator's final ``eval_metric`` (default ``metric``).
+        budget_label: x-axis label (default ``budget_key``, or "x" with ``budget_to_x``).
+        budget_to_x: ``{budget: x}`` to plot budgets as other numbers (e.g. labelled slices).
+        logx: log-scale x axis.
+        experiment: MLflow experiment (default ``<bundle>-label-efficiency``).
+        skip_done: reuse finished runs (their ``label_efficiency.json``) with the same settings.
+        dry_run: check everything and print the planned runs, run nothing.
+        config_overrides: further ``--id value`` pairs, merged into ``overrides``
+            (``--dataset_dir data/tools --epochs 20``).
+    """
+    bundle_dir = resolve_bundle(bundle)
+    bundle_name = bundle_dir.name
+    budgets = _as_list(budgets, "budgets")
+    if not budgets:
+        raise SweepError("budgets: give at least one budget")
+    seeds = _as_list(seeds, "seeds")
+    if not seeds:
+        raise SweepError("seeds: give at least one seed")
+    seed_keys = [str(k) for k in _as_list(seed_key, "seed_key")]
+    inits = _parse(inits, "inits")
+    if inits is None:
+        inits = {"random": None}
+    if not isinstance(inits, dict) or not inits:
+        raise SweepError(f"inits must be a dict {{label: weight spec or null}}, got {inits!r}")
+    for label in inits:
+        if not _LABEL_RE.match(str(label)):
+            raise SweepError(f"init label {label!r}: use letters, digits and _.+- only (it names folders and runs)")
+    init_labels = [str(k) for k in inits]
+    budget_to_x = _parse(budget_to_x, "budget_to_x")
+    if budget_to_x is not None:
+        if not isinstance(budget_to_x, dict):
+            raise SweepError(f"budget_to_x must be a dict {{budget: x}}, got {budget_to_x!r}")
+        for b in budgets:
+            try:
+                float(_x_lookup(budget_to_x, b))
+            except KeyError:
+                raise SweepError(f"budget_to_x has no (numeric) entry for budget {b!r}: {budget_to_x}") from None
+    if len({str(b) for b in budgets}) != len(budgets) or len({str(s) for s in seeds}) != len(seeds):
+        raise SweepError(f"budgets and seeds must be distinct: budgets={budgets}, seeds={seeds}")
+
+    # files and overrides, then check every key against the merged config before running anything
+    config_files = [_config_path(bundle_dir, c, "config") for c in _as_list(configs, "configs")]
+    extra_files, pairs = _split_overrides(overrides, bundle_dir)
+    pairs.update(config_overrides)
+    eval_file = _config_path(bundle_dir, evaluate, "evaluate config") if evaluate else None
+    parser = _read_parser(config_files + extra_files)
+    where = f"bundle {bundle_name!r} ({', '.join(Path(f).name for f in config_files + extra_files)})"
+    for what, key in [("budget_key", budget_key), ("init_key", init_key)] + [("seed_key", k) for k in seed_keys]:
+        if key not in parser:
+            raise SweepError(f"{what} {key!r} is not a config id of {where}")
+    if "output_dir" not in parser:
+        raise SweepError(f"{where} defines no `output_dir`: the sweep gives each run its own output_dir")
+    swept = {budget_key, init_key, *seed_keys, *_SWEEP_IDS}
+    for key in pairs:
+        if key in swept:
+            raise SweepError(f"override {key!r} is set by the sweep itself; use budgets / inits / seeds / out_dir")
+        if key not in parser:
+            raise SweepError(f"override {key!r} is not a config id of {where}")
+    if eval_file and "output_dir" not in _read_parser(config_files + [eval_file] + extra_files):
+        raise SweepError(f"evaluate config {evaluate!r} leaves no `output_dir`")
+    specs, init_extra = {}, {}
+    for label, spec in inits.items():
+        init_extra[str(label)] = {}
+        if isinstance(spec, dict):  # {init_key: spec, other ids this init needs (e.g. normalization)}
+            extra = dict(spec)
+            spec = extra.pop(init_key, None)
+            for key in extra:
+                if key in swept and key != init_key:
+                    raise SweepError(f"init {label!r}: {key!r} is set by the sweep itself")
+                if key not in parser:
+                    raise SweepError(f"init {label!r}: override {key!r} is not a config id of {where}")
+            init_extra[str(label)] = extra
+        if _null_spec(spec):
+            specs[str(label)] = None
+        elif not isinstance(spec, str):
+            raise SweepError(f"init {label!r}: a weight spec is a path, 'timm:<model-name>' or null, got {spec!r}")
+        elif spec.startswith("timm:"):
+            specs[str(label)] = spec
+        elif not os.path.isfile(spec):
+            if not dry_run:
+                raise SweepError(f"init {label!r}: encoder file not found: {spec}")
+            print(f"warning: init {label!r}: encoder file not found (yet): {spec}", flush=True)
+            specs[str(label)] = os.path.abspath(spec)
+        else:
+            specs[str(label)] = os.path.abspath(spec)
+    set_resume = "resume" in parser
+
+    out = Path(out_dir).resolve()
+    from monai.utils import path_to_sqlite_uri
+
+    uri = path_to_sqlite_uri(str(out / "mlruns.db"))
+    experiment = experiment or f"{bundle_name}-label-efficiency"
+    reported = f"{evaluate}:{eval_metric or metric}" if evaluate else f"{'min' if minimize else 'max'}({metric})"
+    metric_label = (eval_metric or metric) + (
+        f" ({Path(evaluate).name})" if evaluate else f" ({'lowest' if minimize else 'best'} over validation epochs)"
+    )
+    budget_label = budget_label or (budget_key if budget_to_x is None else "x")
+    plan = [(b, i, s) for b in budgets for i in init_labels for s in seeds]
+    print(f"label-efficiency sweep: {bundle_name}, {len(plan)} runs ({len(budgets)} budgets × {len(init_labels)} inits "
+          f"× {len(seeds)} seeds), reported: {reported}, MLflow {uri} experiment {experiment!r}", flush=True)
+    if dry_run:
+        for b, i, s in plan:
+            shown = {budget_key: b, init_key: specs[i], **init_extra[i], **{k: s for k in seed_keys}}
+            print(f"  {_run_name(i, budget_key, b, s)}: " + " ".join(f"{k}={v!r}" for k, v in shown.items())
+                  + f" -> {_run_dir(out, i, budget_key, b, s)}")
+        return {"rows": [], "plan": plan, "tracking_uri": uri, "experiment": experiment}
+
+    out.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    exp_id = _experiment_id(client, experiment, out / "mlruns")
+    rows: list[dict] = []
+    timings = []
+    for b, init, seed in plan:
+        name = _run_name(init, budget_key, b, seed)
+        run_dir = _run_dir(out, init, budget_key, b, seed)
+        x = _x_lookup(budget_to_x, b) if budget_to_x is not None else b
+        signature = {"bundle": bundle_name, "init": init, "init_spec": specs[init],
+                     "init_overrides": {k: repr(v) for k, v in init_extra[init].items()}, "budget_key": budget_key,
+                     "budget": b, "seed": seed, "seed_keys": seed_keys, "metric": reported,
+                     "overrides": {k: repr(v) for k, v in pairs.items()},
+                     "configs": [Path(f).name for f in config_files + extra_files]}
+        done = run_dir / RESULT_FILE
+        if skip_done and done.is_file():
+            prev = json.loads(done.read_text())
+            if prev.get("signature") == signature:
+                print(f"--- {name}: done ({prev['row']['value']}), skipped", flush=True)
+                rows.append({**prev["row"], "value": float(prev["row"]["value"]), "x": x})
+                continue
+            print(f"--- {name}: settings changed since the finished run, running again", flush=True)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_pairs = {**pairs, **init_extra[init]}
+        run_pairs.update({budget_key: b, init_key: specs[init], **{k: seed for k in seed_keys}})
+        # an expression, so that MONAI's tracking patch can build save_execute_config from it
+        run_pairs.update({"output_dir": "$" + repr(str(run_dir)), "tracking_uri": uri,
+                          "experiment_name": experiment, "run_name": name})
+        if set_resume:
+            run_pairs["resume"] = False
+        params = {"sweep_init": init, "sweep_init_spec": specs[init], "sweep_budget_key": budget_key,
+                  "sweep_budget": b, "sweep_seed": seed, "sweep_metric": reported}
+        if budget_to_x is not None:
+            params["sweep_x"] = x
+        params.update({f"sweep_init.{k}": json.dumps(v) for k, v in init_extra[init].items()})
+        t0 = time.time()
+        run_id = _open_run(client, exp_id, name, params)
+        try:
+            _run_workflow(config_files + extra_files, bundle_dir, "mlflow", run_pairs)
+            if eval_file:
+                eval_pairs = {k: v for k, v in run_pairs.items() if k not in ("tracking_uri", "experiment_name", "run_name")}
+                wf = _run_workflow(config_files + [eval_file] + extra_files, bundle_dir, None, eval_pairs)
+                metrics = _evaluator_metrics(wf)
+                key = eval_metric or metric
+                if key not in metrics:
+                    raise SweepError(f"evaluate config {evaluate!r} computed no metric {key!r} (it has {sorted(metrics)})")
+                value = float(metrics[key])
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                client.log_batch(run_id, metrics=[Metric(f"eval_{k}", float(v), now, 0) for k, v in metrics.items()
+                                                  if isinstance(v, (int, float))])
+            else:
+                value = _best_from_history(client, run_id, metric, minimize)
+            client.log_metric(run_id, f"sweep_{eval_metric or metric}", value)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        if client.get_run(run_id).info.status != "FINISHED":
+            client.set_terminated(run_id, status="FINISHED")
+        for old in _runs_named(client, exp_id, name):
+            if old.info.run_id != run_id and "sweep_superseded_by" not in old.data.tags:
+                client.set_tag(old.info.run_id, "sweep_superseded_by", run_id)
+        row = {"init": init, "budget": b, "x": x, "seed": seed, "metric": reported, "value": value,
+               "run_id": run_id, "run_name": name, "output_dir": str(run_dir)}
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps({"signature": signature, "row": row}, indent=1, default=str))
+        rows.append(row)
+        timings.append(time.time() - t0)
+        print(f"--- {name}: {reported} = {_fmt(value)} ({timings[-1]:.1f} s)", flush=True)
+        write_csv(rows, out / "results.csv")
+
+    write_csv(rows, out / "results.csv")
+    title = f"{bundle_name}: label efficiency"
+    table = summary_markdown(rows, budgets, init_labels, budget_key, metric_label,
+                             budget_to_x=budget_to_x, budget_label=budget_label, title=title)
+    (out / "summary.md").write_text(table)
+    png = plot(rows, budgets, init_labels, out / "label_efficiency.png", metric_label, budget_label,
+               budget_to_x=budget_to_x, logx=logx, title=title)
+    print("\n" + table)
+    print(f"results: {out / 'results.csv'}\nsummary: {out / 'summary.md'}\nplot:    {png}\nMLflow:  {uri} (experiment {experiment!r})")
+    if timings:
+        print(f"{len(timings)} runs in {sum(timings):.1f} s")
+    return {"rows": rows, "summary": table, "results_csv": str(out / "results.csv"), "summary_md": str(out / "summary.md"),
+            "plot": png, "tracking_uri": uri, "experiment": experiment}
+
+
+def cli(**kwargs) -> None:
+    try:
+        sweep(**kwargs)
+    except SweepError as e:
+        sys.exit(f"label_efficiency: error: {e}")
+
+
+if __name__ == "__main__":
+    fire.Fire(sweep if len(sys.argv) > 1 and sys.argv[1] in ("--help", "-h") else cli)
