@@ -8,7 +8,7 @@ from monai.networks.nets import FlexibleUNet
 
 from monai_ssl_ext.encoders import load_encoder, read_encoder
 from monai_ssl_ext.handlers import EncoderExport
-from monai_ssl_ext.networks import BYOL, build_backbone
+from monai_ssl_ext.networks import BYOL, BackboneUNet, build_backbone
 
 
 class _State:
@@ -38,15 +38,33 @@ def test_byol_target_encoder_feeds_unet_acdc(tmp_path):
     assert all(torch.equal(exported[k], target[k]) for k in target)
     assert not torch.equal(exported["conv1.weight"], model.backbone.trunk.state_dict()["conv1.weight"])
 
-    net = FlexibleUNet(in_channels=1, out_channels=4, backbone="resnet50", pretrained=False)
-    report = load_encoder(net.encoder, str(path), convert_channels=True, expected_normalization={"mean": [67.27], "std": [84.66]})
-    assert report.missing == [] and report.unused == [] and report.mismatched == [] and report.converted == []
-    model.eval(), net.eval()
+    model.eval()
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 80 + 60
     with torch.no_grad():
         ref = model.target_backbone.feature_maps(x)
-        got = net.encoder(x)
-    assert len(ref) == len(got) == 5
-    for r, g in zip(ref, got):
-        assert r.shape == g.shape
-        assert float((g - r).abs().max() / r.abs().max()) <= 1e-5
+    # unet_acdc's network (the timm trunk itself) and MONAI's FlexibleUNet (resnet50, key-identical)
+    bundle_net = BackboneUNet(build_backbone("timm/resnet50", in_channels=1), out_channels=4)
+    flexible = FlexibleUNet(in_channels=1, out_channels=4, backbone="resnet50", pretrained=False)
+    for encoder in (bundle_net.backbone, flexible.encoder):
+        report = load_encoder(encoder, str(path), convert_channels=True,
+                              expected_normalization={"mean": [67.27], "std": [84.66]})
+        assert report.missing == [] and report.unused == [] and report.mismatched == [] and report.converted == []
+        encoder.eval()
+        with torch.no_grad():
+            got = encoder.feature_maps(x) if hasattr(encoder, "feature_maps") else encoder(x)
+        assert len(ref) == len(got) == 5
+        for r, g in zip(ref, got):
+            assert r.shape == g.shape
+            assert float((g - r).abs().max() / r.abs().max()) <= 1e-5
+
+
+def test_backbone_unet_equals_flexibleunet_for_monai_trunks():
+    """BackboneUNet on MONAI's resnet18 is FlexibleUNet(resnet18): same weights, same output."""
+    flexible = FlexibleUNet(1, 4, "resnet18", pretrained=False).eval()
+    ours = BackboneUNet(build_backbone("resnet18", in_channels=1), 4).eval()
+    state = {("backbone.trunk." + k[len("encoder."):]) if k.startswith("encoder.") else k: v
+             for k, v in flexible.state_dict().items()}
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        assert torch.allclose(flexible(x), ours(x), atol=1e-6)

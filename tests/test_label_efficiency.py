@@ -166,8 +166,8 @@ def test_sweep_acdc(demo_data, tmp_path, one_thread):
     from monai_ssl_ext.encoders import export_encoder
     from monai_ssl_ext.networks import build_backbone
 
-    encoder = tmp_path / "byol" / "encoder.pt"  # unet_acdc's smoke trunk is MONAI resnet18, 1 channel
-    export_encoder(build_backbone("resnet18", in_channels=1), str(encoder), method="byol",
+    encoder = tmp_path / "byol" / "encoder.pt"  # unet_acdc's smoke trunk is timm resnet18, 1 channel
+    export_encoder(build_backbone("timm/resnet18", in_channels=1), str(encoder), method="byol",
                    normalization={"mean": [67.27], "std": [84.66]})
     le = load_script("label_efficiency")
     out = tmp_path / "acdc_sweep"
