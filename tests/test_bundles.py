@@ -86,3 +86,15 @@ def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
             assert_trained(res[b.name]["losses"], f"{b.name} multi-GPU rank {r}")
         for rel in smoke(b).get("smoke_outputs", {}).get("train.json", []):
             assert os.path.exists(os.path.join(ranks[0][b.name]["output_dir"], rel)), f"{b.name} multi-GPU: {rel}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_best_checkpoint_direction(bundle):
+    """A key metric where lower is better (losses) must be saved with a negative sign, or MONAI's
+    CheckpointSaver keeps the worst model (source A's mode="max" bug)."""
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    evaluator = config.get("validate", {}).get("evaluator", {})
+    lower = "lower_is_better" in json.dumps(evaluator.get("metric_cmp_fn", ""))
+    for handler in config.get("validate", {}).get("handlers", []):
+        if handler.get("_target_") == "CheckpointSaver" and handler.get("save_key_metric"):
+            assert bool(handler.get("key_metric_negative_sign", False)) == lower, bundle.name

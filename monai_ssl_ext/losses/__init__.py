@@ -2,3 +2,4 @@
 
 from .ntxent import NTXentLoss
 from .byol import BYOLLoss
+from .recon_contrastive import ReconContrastiveLoss, ReconL1Loss
