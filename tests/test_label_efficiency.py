@@ -188,3 +188,30 @@ def test_sweep_acdc(demo_data, tmp_path, one_thread):
         p = run.data.params
         assert p["seed"] == p["subset_seed"] == p["sweep_seed"]
         assert p["subset_ratio"] == p["sweep_budget"]
+
+
+def test_sweep_btcv(demo_data, tmp_path, one_thread):
+    """The BTCV protocol on unetr_btcv: 6 vs 12 training volumes × {random, ViT-autoencoder trunk}."""
+    from monai_ssl_ext.encoders import export_encoder
+    from monai_ssl_ext.networks import build_backbone
+
+    encoder = tmp_path / "vitae" / "encoder.pt"  # the smoke UNETR's ViT size
+    vit = build_backbone("vit", spatial_dims=3, in_channels=1, img_size=32, patch_size=16, hidden_size=48,
+                         mlp_dim=96, num_layers=12, num_heads=4)
+    export_encoder(vit, str(encoder), method="vitautoenc")
+    le = load_script("label_efficiency")
+    out = tmp_path / "btcv_sweep"
+    res = le.sweep(
+        bundle="unetr_btcv", budget_key="train_volumes", budgets=[6, 12], seeds=[0],
+        inits={"random": None, "ssl": str(encoder)}, metric="val_mean_dice", out_dir=str(out),
+        overrides=["smoke.json"], budget_label="training volumes", dataset_dir=demo_data("btcv"),
+    )
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(math.isfinite(float(r["value"])) for r in rows)
+    assert "| random | ssl |" in (out / "summary.md").read_text()
+    assert (out / "label_efficiency.png").is_file()
+    client = _client(res["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("unetr_btcv-label-efficiency").experiment_id])
+    assert sorted(r.data.params["n_train_volumes"] for r in runs) == ["12", "12", "6", "6"]
+    assert {r.data.params.get("encoder.method") for r in runs} == {None, "vitautoenc"}
