@@ -20,6 +20,6 @@ def test_quickstart_reduced(tmp_path):
     assert summary["simclr_loss_last_quarter"] < summary["simclr_loss_first_quarter"]
     for key in ("simclr_encoder", "segmentation_model", "mlflow_db"):
         assert os.path.isfile(summary[key]), key
-    assert 0.0 <= summary["segmentation_test_val_mean_iou"] <= 1.0
+    assert 0.0 <= summary["segmentation_test_mean_iou"] <= 1.0
     saved = json.loads((tmp_path / "runs" / "quickstart_summary.json").read_text())
     assert saved["simclr_encoder"] == summary["simclr_encoder"]
