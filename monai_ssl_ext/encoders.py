@@ -373,18 +373,19 @@ def _failure_message(report: LoadReport, payload: dict, module: nn.Module) -> st
 
 
 def pretrained_backbone(
-    arch: str | None = None, weights: str | None = None, spatial_dims: int = 2, in_channels: int = 3
+    arch: str | None = None, weights: str | None = None, spatial_dims: int = 2, in_channels: int = 3, **arch_params
 ) -> Backbone:
     """Build a :class:`Backbone` and load a weight spec into it (strictly, converting the stem
     convolution when the channel counts differ). ``arch=None`` takes the architecture from the
-    encoder file's header."""
+    encoder file's header; ``arch_params`` (ViT sizes) default to the header's."""
     resolved = resolve_weight_spec(weights)
     if arch is None:
         if resolved is None:
             raise ValueError("pretrained_backbone: give `arch` or an encoder file to take it from")
         arch = resolved[1]["arch"]
-    arch_params = dict(resolved[1].get("arch_params") or {}) if resolved is not None else {}
-    backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels, **arch_params)
+    header_params = dict(resolved[1].get("arch_params") or {}) if resolved is not None else {}
+    params = {**header_params, **arch_params} if header_params or arch_params else {}
+    backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels, **params)
     if resolved is not None:
         source, payload = resolved
         report = load_encoder(backbone, payload, convert_channels=True)

@@ -5,6 +5,7 @@ encoder hand-off to ``UNETR.vit``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +295,29 @@ def test_every_trainable_parameter_gets_a_gradient():
     assert [k for k, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
     frozen = [k for k, p in net.named_parameters() if not p.requires_grad]
     assert frozen and all("norm_cross_attn" in k for k in frozen)
+
+
+def test_init_weights_start_from_an_encoder(tmp_path):
+    """``init_weights`` (weight spec) builds the ViT from the file's header and loads it strictly."""
+    import json as _json
+
+    from monai.bundle import ConfigParser
+
+    from monai_ssl_ext.encoders import export_encoder
+    from monai_ssl_ext.networks import build_backbone
+
+    cfg = Path(__file__).resolve().parents[1] / "bundles" / "vitautoenc_ct" / "configs"
+    smoke = _json.loads((cfg / "smoke.json").read_text())
+    source = build_backbone("vit", spatial_dims=3, in_channels=1, img_size=smoke["roi_size"], patch_size=16,
+                            hidden_size=smoke["hidden_size"], mlp_dim=smoke["mlp_dim"], num_layers=12,
+                            num_heads=smoke["num_heads"], proj_type="conv")
+    path = tmp_path / "encoder.pt"
+    export_encoder(source, str(path), method="vitautoenc")
+    parser = ConfigParser()
+    parser.read_config([str(cfg / "train.json"), str(cfg / "smoke.json")])
+    parser["init_weights"] = str(path)
+    parser["bundle_root"] = str(tmp_path)
+    net = parser.get_parsed_content("network_def")
+    assert net.backbone.load_report.ok
+    for k, v in source.trunk.state_dict().items():
+        assert torch.equal(net.backbone.trunk.state_dict()[k], v), k
