@@ -36,6 +36,7 @@ __all__ = [
     "LoadReport",
     "export_encoder",
     "read_encoder",
+    "is_random_init",
     "resolve_weight_spec",
     "map_encoder_keys",
     "load_encoder",
@@ -166,9 +167,15 @@ def _timm_payload(model_name: str) -> dict:
     }
 
 
+def is_random_init(spec) -> bool:
+    """True for the weight specs that mean random initialisation: null, "", "none", "null",
+    "random" (the strings, because MONAI's CLI cannot pass a None override)."""
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random"))
+
+
 def resolve_weight_spec(spec: str | None) -> tuple[str, dict] | None:
     """Weight spec → ``(source description, payload)``; ``None`` for random initialisation."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random")):
+    if is_random_init(spec):
         return None
     if not isinstance(spec, str):
         raise ValueError(f"weight spec must be a path, 'timm:<model-name>' or null, got {spec!r}")

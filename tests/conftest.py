@@ -31,6 +31,17 @@ def load_script(name: str):
     return module
 
 
+def read_bundle_config(configs_dir: Path, files, overrides: dict | None = None):
+    """An unresolved ``ConfigParser`` of ``files`` (merged in order) with ``overrides`` set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(Path(configs_dir) / f) for f in files])
+    for k, v in (overrides or {}).items():
+        parser[k] = v
+    return parser
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """``demo_data(kind)`` → folder with ``make_demo_data <kind>`` output, made once per session."""

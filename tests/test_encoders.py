@@ -207,3 +207,29 @@ def test_timm_spec_offline_without_cache_explains(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(EncoderLoadError, match="timm:resnet18"):
         resolve_weight_spec("timm:resnet18")
+
+
+def test_random_init_specs():
+    from monai_ssl_ext.encoders import is_random_init
+
+    assert all(is_random_init(s) for s in (None, "", "null", "None", " random "))
+    assert not any(is_random_init(s) for s in ("timm:resnet18", "runs/x/encoder.pt", "nullx.pt"))
+
+
+def test_unused_vit_norms_are_frozen_and_everything_else_trains():
+    """MONAI ViT blocks keep a cross-attention LayerNorm nothing uses; build_backbone freezes it so
+    that every trainable parameter gets a gradient (what DistributedDataParallel requires)."""
+    from monai.networks.nets import UNETR
+
+    from monai_ssl_ext.networks import freeze_unused_vit_norms
+
+    vit = build_backbone("vit", spatial_dims=3, in_channels=1, img_size=32, patch_size=16, hidden_size=24,
+                         mlp_dim=48, num_layers=2, num_heads=2)
+    vit(torch.randn(1, 1, 32, 32, 32)).sum().backward()
+    trainable = {n for n, p in vit.named_parameters() if p.requires_grad}
+    assert trainable and all(vit.get_parameter(n).grad is not None for n in trainable)
+    frozen = {n for n, p in vit.named_parameters() if not p.requires_grad}
+    assert frozen and all("norm_cross_attn" in n for n in frozen)
+    unetr = UNETR(1, 2, img_size=32, feature_size=8, hidden_size=24, mlp_dim=48, num_heads=2)
+    names = freeze_unused_vit_norms(unetr.vit)
+    assert len(names) == 2 * 12 and all(not unetr.vit.get_parameter(n).requires_grad for n in names)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_bundle_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "flexibleunet_tools" / "configs"
@@ -31,13 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _parser(files, overrides=None):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / f) for f in files])
-    for k, v in (overrides or {}).items():
-        parser[k] = v
-    return parser
+    return read_bundle_config(CONFIGS, files, overrides)
 
 
 def _workflow(files, bundle_root, dataset_dir, workflow_type="train", **overrides):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "build_backbone", "monai_backbone_names"]
+__all__ = ["Backbone", "build_backbone", "freeze_unused_vit_norms", "monai_backbone_names"]
 
 TIMM_PREFIX = "timm/"
 
@@ -114,6 +114,19 @@ def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3, **arc
     return _monai_backbone(name, spatial_dims, in_channels)
 
 
+def freeze_unused_vit_norms(vit: nn.Module) -> list[str]:
+    """MONAI's ``TransformerBlock`` always holds a ``norm_cross_attn`` LayerNorm that only cross
+    attention uses; without cross attention it never gets a gradient, which makes
+    ``DistributedDataParallel`` fail ("parameters that were not used"). Freeze those (they stay in
+    the state dict and the export); returns the frozen parameter names."""
+    frozen = []
+    for name, block in vit.named_modules():
+        if hasattr(block, "norm_cross_attn") and not getattr(block, "with_cross_attention", False):
+            block.norm_cross_attn.requires_grad_(False)
+            frozen += [f"{name}.norm_cross_attn.{p}" for p, _ in block.norm_cross_attn.named_parameters()]
+    return frozen
+
+
 VIT_DEFAULTS = {
     "img_size": 96, "patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12,
     "proj_type": "conv", "qkv_bias": False, "dropout_rate": 0.0,
@@ -131,6 +144,7 @@ def _vit_backbone(spatial_dims: int, in_channels: int, **arch_params) -> Backbon
         if isinstance(params[key], (list, tuple)):
             params[key] = [int(v) for v in params[key]]
     trunk = ViT(in_channels=in_channels, spatial_dims=spatial_dims, classification=False, **params)
+    freeze_unused_vit_norms(trunk)
     return Backbone("vit", trunk, params["hidden_size"], spatial_dims, in_channels,
                     "patch_embedding.patch_embeddings.weight", arch_params=params)
 

@@ -16,7 +16,7 @@ import torch
 from monai.networks.layers import Conv
 from torch import nn
 
-from .backbones import Backbone
+from .backbones import Backbone, freeze_unused_vit_norms
 
 __all__ = ["ViTAutoEncoderSSL"]
 
@@ -48,11 +48,7 @@ class ViTAutoEncoderSSL(nn.Module):
                              f"transposed convolutions of stride sqrt(patch)), got {patch}")
         self.backbone = backbone
         self.patch_size = patch
-        # MONAI's TransformerBlock always holds a ``norm_cross_attn`` LayerNorm that is used only with cross
-        # attention; frozen, so that DistributedDataParallel needs no ``find_unused_parameters`` (still exported).
-        for block in backbone.trunk.blocks:
-            if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
-                block.norm_cross_attn.requires_grad_(False)
+        freeze_unused_vit_norms(backbone.trunk)  # DDP-safe without find_unused_parameters
         conv_trans = Conv[Conv.CONVTRANS, dims]
         hidden = backbone.feature_dim
         self.conv3d_transpose = conv_trans(hidden, deconv_chns, kernel_size=up, stride=up)
