@@ -60,6 +60,42 @@ def test_bundle_runs(bundle, demo_data, tmp_path):
             assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
 
 
+def _pretraining(bundle: Path) -> bool:
+    """Bundles whose train.json trains with views (SSLTrainer's ``view_keys``)."""
+    trainer = json.loads((bundle / "configs" / "train.json").read_text()).get("train", {}).get("trainer", {})
+    return "view_keys" in trainer
+
+
+PRETRAINING = [b for b in BUNDLES if _pretraining(b)]
+
+
+def test_pretraining_bundles_found():
+    assert {"simclr_cholec", "byol_acdc", "vitautoenc_ct"} <= {b.name for b in PRETRAINING}
+
+
+@pytest.mark.parametrize("bundle", PRETRAINING, ids=[b.name for b in PRETRAINING])
+def test_views_differ_between_reads(bundle, demo_data, tmp_path):
+    """The same item read twice from ``train#dataset`` as configured (caching included) gives new
+    views: a cache that stores the views freezes the augmentation for the whole run."""
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    cfg = bundle / "configs"
+    wf = ConfigWorkflow(config_file=[str(cfg / "train.json"), str(cfg / "smoke.json")], workflow_type=None,
+                        meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"),
+                        bundle_root=str(tmp_path), dataset_dir=demo_data(smoke(bundle)["demo_data"]))
+    wf.initialize()
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    view_keys = wf.parser.get_parsed_content("train#trainer#view_keys")
+    first, second = dataset[0], dataset[0]
+    first, second = (x[0] if isinstance(x, list) else x for x in (first, second))  # crop-sample lists
+    for key in view_keys:
+        a, b = torch.as_tensor(first[key]), torch.as_tensor(second[key])
+        assert a.shape == b.shape, (key, a.shape, b.shape)
+        assert not torch.equal(a, b), f"{bundle.name}: view '{key}' is identical in two reads of item 0"
+    assert not torch.equal(torch.as_tensor(first[view_keys[0]]), torch.as_tensor(first[view_keys[1]]))
+
+
 def _standalone(bundle: Path, config: str) -> bool:
     """Configs that define their own network are run alone, the others on top of train.json."""
     content = json.loads((bundle / "configs" / config).read_text())

@@ -214,13 +214,14 @@ def test_resume_keeps_best_model_tracker(tmp_path, demo):
     wf.finalize()
     ckpt_dir = tmp_path / "runs" / "flexibleunet_tools" / "models"
     state = torch.load(ckpt_dir / "checkpoint_last.pt", weights_only=True)
-    saved = state["best_model"]["_saved"]
+    saved = [(s["priority"], s["filename"]) for s in state["best"]["saved"]]
     assert len(saved) == 1 and saved[0][0] == pytest.approx(best)
+    assert state["best"]["best_metric"] == pytest.approx(best)
     assert state["engine"]["epoch"] == 2
 
     wf = _workflow(["train.json", "smoke.json"], tmp_path, demo, epochs=3)
     wf.initialize()
-    saver = wf.parser.get_parsed_content("validate#handlers#1")
+    saver = wf.parser.get_parsed_content("validate#best_saver")
     trainer = wf.parser.get_parsed_content("train#trainer")
     seen = {}
     from ignite.engine import Events
@@ -228,7 +229,7 @@ def test_resume_keeps_best_model_tracker(tmp_path, demo):
     @trainer.on(Events.EPOCH_STARTED)
     def _record(engine):
         seen.setdefault("epoch", engine.state.epoch)
-        seen.setdefault("saved", [tuple(s) for s in saver._key_metric_checkpoint._saved])
+        seen.setdefault("saved", [tuple(s) for s in saver._key_metric_checkpoint.state_dict()["_saved"]])
 
     wf.run()
     wf.finalize()
@@ -287,9 +288,9 @@ def test_overlay_writer_orientation(tmp_path):
     h, w = 6, 10
     img = np.full((h, w, 3), 100, np.uint8)
     Image.fromarray(img).save(tmp_path / "frame.png")
-    onehot = torch.zeros(2, w, h)  # MONAI PILReader order: (W, H)
+    onehot = torch.zeros(2, h, w)  # (C, H, W), as LoadPictured gives
     onehot[0] = 1
-    onehot[1, 7, 2], onehot[0, 7, 2] = 1, 0  # pixel x=7, y=2 is tool
+    onehot[1, 2, 7], onehot[0, 2, 7] = 1, 0  # pixel x=7, y=2 is tool
     writer = OverlayWriter(str(tmp_path / "out"), color=(0, 255, 0), alpha=1.0)
     mask_path, overlay_path = writer.write(onehot, str(tmp_path / "frame.png"))
     mask = np.asarray(Image.open(mask_path))
@@ -298,3 +299,5 @@ def test_overlay_writer_orientation(tmp_path):
     assert overlay[2, 7].tolist() == [0, 255, 0] and overlay[0, 0].tolist() == [100, 100, 100]
     with pytest.raises(ValueError, match="Invertd"):
         writer.write(torch.zeros(1, 5, 5), str(tmp_path / "frame.png"))
+    with pytest.raises(ValueError, match="LoadPictured"):  # (W, H): MONAI's default picture order
+        writer.write(torch.zeros(2, w, h), str(tmp_path / "frame.png"))

@@ -193,3 +193,68 @@ def test_rng_state_round_trip(tmp_path):
     # a transform chain that changed since the checkpoint is refused
     with pytest.raises(RuntimeError, match="transform random states"):
         RNGState(Compose([RandGaussianNoised(keys="image")])).load_state_dict(payload["rng"])
+
+
+# ---- the best-model record -------------------------------------------------------------------
+
+
+def _scripted_run(ckpt_dir: Path, epochs: int, scores: list[float], resume: bool):
+    """SupervisedTrainer + validation every epoch whose key metric is ``scores[epoch - 1]``; the
+    best model goes to ``model.pt`` (MONAI CheckpointSaver), progress to ``checkpoint_last.pt``."""
+    from ignite.engine import Events
+    from ignite.metrics import Metric
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    from monai.handlers import CheckpointSaver, ValidationHandler
+
+    from monai_ssl_ext.handlers import ResumableCheckpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = [{"image": torch.randn(2, 2), "label": torch.randn(2, 1)} for _ in range(2)]
+    epoch = {"now": 0}
+
+    class Scripted(Metric):
+        def reset(self):
+            pass
+
+        def update(self, output):
+            pass
+
+        def compute(self):
+            return scores[epoch["now"] - 1]
+
+    saver = CheckpointSaver(str(ckpt_dir), {"model": net}, save_key_metric=True, key_metric_filename="model.pt")
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=data[:1], network=net,
+                                    key_val_metric={"val_score": Scripted()}, val_handlers=[saver])
+    resumable = ResumableCheckpoint(str(ckpt_dir), {"network": net, "optimizer": opt}, resume=resume,
+                                    best_saver=saver, evaluator=evaluator)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=data, network=net,
+                                optimizer=opt, loss_function=torch.nn.MSELoss(),
+                                train_handlers=[resumable, ValidationHandler(1, evaluator)])
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epoch.update(now=e.state.epoch))
+    weights = {}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: weights.update({e.state.epoch: net.weight.detach().clone()}))
+    trainer.run()
+    return evaluator, weights
+
+
+def test_resume_keeps_the_best_model(tmp_path):
+    """Killed after epoch 2 (best 0.9 there); the resumed epochs 3-4 score worse: model.pt must
+    stay epoch 2's weights and the evaluator's best must stay 0.9 at epoch 2."""
+    scores = [0.5, 0.9, 0.3, 0.2]
+    _, first = _scripted_run(tmp_path, 2, scores, resume=True)
+    payload = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert payload["best"]["best_metric"] == pytest.approx(0.9) and payload["best"]["best_metric_epoch"] == 2
+    assert [s["priority"] for s in payload["best"]["saved"]] == [pytest.approx(0.9)]
+    evaluator, second = _scripted_run(tmp_path, 4, scores, resume=True)
+    assert sorted(second) == [3, 4]  # resumed after epoch 2
+    best = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(best["weight"], first[2]), "a worse validation after the resume replaced the best model"
+    assert not torch.equal(best["weight"], second[3])
+    assert evaluator.state.best_metric == pytest.approx(0.9) and evaluator.state.best_metric_epoch == 2
+
+    # and a better score after a resume does replace it
+    evaluator, third = _scripted_run(tmp_path, 5, scores + [0.95], resume=True)
+    best = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(best["weight"], third[5]) and evaluator.state.best_metric == pytest.approx(0.95)

@@ -92,10 +92,24 @@ class RNGState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _best_checkpoint(saver):
+    """The ignite ``Checkpoint`` behind a MONAI ``CheckpointSaver``'s best-metric file (MONAI has
+    no public accessor; this is the one place that reads it)."""
+    best = getattr(saver, "_key_metric_checkpoint", None)
+    if best is None:
+        raise ValueError("ResumableCheckpoint: `best_saver` must be a MONAI CheckpointSaver with save_key_metric=true")
+    return best
+
+
 class ResumableCheckpoint:
     """Save ``save_dict`` (plus the engine's progress) to ``<ckpt_dir>/<filename>`` every
     ``interval`` epochs, atomically (write then rename), rank 0 only; on start, if the file exists,
     load it with ``weights_only=True`` and continue from its epoch.
+
+    With ``best_saver`` (the validation ``CheckpointSaver`` that keeps the best model) the record of
+    the best model goes into the checkpoint too: its score and file name, and with ``evaluator``
+    the evaluator's ``best_metric`` / ``best_metric_epoch``. Without it a resumed run forgot the
+    best score, and its first validation replaced the best model even when it was worse.
 
     Args:
         ckpt_dir: folder of the checkpoint.
@@ -104,13 +118,20 @@ class ResumableCheckpoint:
         interval: epochs between saves.
         filename: checkpoint file name.
         resume: load the checkpoint if present (set false to start over; the file is then replaced).
+        best_saver: the ``CheckpointSaver`` (``save_key_metric=true``) whose best-model record must
+            survive a resume; None where there is no validation.
+        evaluator: the validation engine, whose ``best_metric`` / ``best_metric_epoch`` are kept.
     """
 
-    def __init__(self, ckpt_dir: str, save_dict: dict, interval: int = 1, filename: str = "checkpoint_last.pt", resume: bool = True):
+    def __init__(self, ckpt_dir: str, save_dict: dict, interval: int = 1, filename: str = "checkpoint_last.pt",
+                 resume: bool = True, best_saver=None, evaluator=None):
         self.path = os.path.join(ckpt_dir, filename)
         self.save_dict = dict(save_dict)
-        if "engine" in self.save_dict:
-            raise ValueError("ResumableCheckpoint: 'engine' is reserved for the trainer's progress")
+        for reserved in ("engine", "best"):
+            if reserved in self.save_dict:
+                raise ValueError(f"ResumableCheckpoint: '{reserved}' is reserved (trainer progress / best model)")
+        self.best = None if best_saver is None else _best_checkpoint(best_saver)
+        self.evaluator = evaluator
         self.interval = int(interval)
         self.resume = as_bool(resume, "resume")
         self.logger = logging.getLogger("monai_ssl_ext.ResumableCheckpoint")
@@ -118,7 +139,18 @@ class ResumableCheckpoint:
     def attach(self, engine: Engine) -> None:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.STARTED, self._register_save)
+
+    def _register_save(self, engine: Engine) -> None:
+        """Register the epoch-end save when the run starts, after every handler of the list has
+        attached: the checkpoint then holds the epoch's validation and best model whatever the
+        handlers' order in the config."""
+        if not engine.has_event_handler(self._save_every):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_every)
+
+    def _save_every(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval == 0:
+            self.save(engine)
 
     def save(self, engine: Engine) -> None:
         if get_rank() != 0:
@@ -126,10 +158,34 @@ class ResumableCheckpoint:
         payload = {k: v.state_dict() for k, v in self.save_dict.items()}
         payload["engine"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
                              "epoch_length": engine.state.epoch_length}
+        if self.best is not None or self.evaluator is not None:
+            payload["best"] = self._best_state()
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         tmp = f"{self.path}.tmp{os.getpid()}"
         torch.save(payload, tmp)
         os.replace(tmp, self.path)
+
+    def _best_state(self) -> dict:
+        state: dict = {}
+        if self.best is not None:
+            state["saved"] = [{"priority": float(p), "filename": str(f)} for p, f in self.best.state_dict()["_saved"]]
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        return state
+
+    def _load_best_state(self, state: dict) -> None:
+        if self.best is not None:
+            saved = [(s["priority"], s["filename"]) for s in state.get("saved", [])]
+            self.best.load_state_dict({"_saved": saved})
+            handler = self.best.save_handler
+            for _, name in saved:
+                path = os.path.join(str(handler.dirname), getattr(handler, "filename", None) or name)
+                if not os.path.isfile(path):
+                    self.logger.warning(f"the best model {path} recorded in {self.path} is missing")
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
 
     def load(self, engine: Engine) -> None:
         if not os.path.isfile(self.path):
@@ -149,6 +205,11 @@ class ResumableCheckpoint:
             if k not in payload:
                 raise RuntimeError(f"checkpoint {self.path} has no '{k}' state")
             obj.load_state_dict(payload[k])
+        if self.best is not None or self.evaluator is not None:
+            if "best" not in payload:
+                raise RuntimeError(f"checkpoint {self.path} has no best-model record (written by an older version): "
+                                   "resume with --resume false, or delete it to start over")
+            self._load_best_state(payload["best"])
         engine.state.epoch = progress["epoch"]
         engine.state.iteration = progress["iteration"]
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch} (iteration {engine.state.iteration})")

@@ -10,9 +10,10 @@ has already been inverted to the **original** image size (``Invertd``). For each
 Files go to ``output_dir``; with ``data_root_dir`` the input's sub-folders below that folder are
 kept (so ``<root>/val/video41/000001.jpg`` does not collide with ``<root>/val/video42/000001.jpg``).
 
-Orientation: MONAI's ``PILReader`` loads a ``H x W`` picture as spatial ``(W, H)``; the writer
-reads the original picture again with PIL and transposes the prediction when its spatial shape is
-``(W, H)`` (it raises when the shape fits neither way, e.g. when the prediction was not inverted).
+Orientation: pictures are loaded with :class:`~monai_ssl_ext.transforms.LoadPictured`, row index
+first, so a prediction's spatial shape is the picture's ``(H, W)``; the writer reads the original
+picture again with PIL and raises when the shapes differ (e.g. when the prediction was not
+inverted to the original size, or was loaded with MONAI's default ``(W, H)`` reader).
 
 :func:`require_checkpoint` fails early, with the path and what to do, when a bundle is asked to
 evaluate or infer with a model that does not exist.
@@ -150,12 +151,11 @@ class OverlayWriter:
             image = np.asarray(im.convert("RGB"), dtype=np.float32)  # (H, W, 3)
         h, w = image.shape[:2]
         mask = self.mask(pred)
-        if mask.shape == (w, h):  # MONAI PILReader order (W, H)
-            mask = mask.T
-        elif mask.shape != (h, w):
+        if mask.shape != (h, w):
             raise ValueError(
                 f"OverlayWriter: prediction for {filename} has spatial shape {mask.shape}, the image is "
-                f"{h} x {w} (H x W): invert the resize (Invertd) before writing"
+                f"{h} x {w} (H x W): invert the resize (Invertd) before writing, and load pictures with "
+                "LoadPictured (row first)"
             )
         stem = self._stem(filename)
         if stem in self.written and self.written[stem] != filename:

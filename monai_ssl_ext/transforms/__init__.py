@@ -1,5 +1,5 @@
 from .augment import BYOLAugment, SimCLRAugment
-from .checks import CheckedLoadImage, CheckedLoadImaged, EnsureChannelsd, ImageReadError, source_name
+from .checks import CheckedLoadImage, CheckedLoadImaged, EnsureChannelsd, ImageReadError, LoadPictured, source_name
 from .multiview import MultiViewd, view_keys
 from .slices import LoadSliced, SliceIndexError, read_volume
 from .spatial import RandResizedCropd

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_tensor
 from torchvision.transforms import v2
 
 __all__ = ["SimCLRAugment", "BYOLAugment"]
 
 
-class SimCLRAugment:
+class SimCLRAugment(RandomizableTrait):
     """SimCLR view augmentation as in the surgical recipe (source A, torchvision):
     ``RandomResizedCrop(size, scale)`` → ``RandomHorizontalFlip`` →
     ``RandomApply(ColorJitter(b, c, s, h), p)`` → [``RandomGrayscale``] → [``GaussianBlur``] →
@@ -51,7 +52,7 @@ class SimCLRAugment:
         return self.transform(image)
 
 
-class BYOLAugment:
+class BYOLAugment(RandomizableTrait):
     """BYOL view augmentation of SSL-MedSeg's ACDC recipe (source D, solo-learn ``acdc.yaml``) for single-channel
     images in RAW intensities (e.g. ACDC MR slices, uint16 values well above 255):
     ``RandomResizedCrop(size, scale, bicubic)`` → ``RandomApply(brightness/contrast jitter, p)`` →

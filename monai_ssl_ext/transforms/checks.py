@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import PILReader
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 
-__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "EnsureChannelsd", "ImageReadError", "source_name"]
+__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "EnsureChannelsd", "ImageReadError", "LoadPictured", "source_name"]
 
 
 class ImageReadError(RuntimeError):
@@ -33,6 +35,39 @@ class CheckedLoadImaged(LoadImaged):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._loader.__class__ = CheckedLoadImage  # same state, only __call__ differs
+
+
+class _RowFirstPILReader(PILReader):
+    """``PILReader(reverse_indexing=False)`` whose ``spatial_shape`` metadata is ``(H, W)`` like
+    the array (MONAI's is ``(W, H)`` whatever ``reverse_indexing`` says)."""
+
+    def __init__(self):
+        super().__init__(reverse_indexing=False)
+
+    def get_data(self, img):
+        data, meta = super().get_data(img)
+        meta["spatial_shape"] = np.asarray(data.shape[:2])
+        return data, meta
+
+
+class LoadPictured(CheckedLoadImaged):
+    """The one loader of 2D pictures (PNG, JPEG, BMP, ...): channel-first ``(C, H, W)``, row
+    index first, as PIL, torchvision and every picture viewer see them; read errors name the file.
+
+    MONAI's ``LoadImaged`` reads pictures with ``PILReader(reverse_indexing=True)``, which gives
+    spatial ``(W, H)``: a torchvision "horizontal" flip then swaps top and bottom, random-resized
+    crop aspect ratios are transposed, and a ``spatial_size`` of ``[736, 480]`` means 736 wide.
+    Here the reader keeps PIL's order, so ``spatial_size`` is ``[height, width]`` and the last
+    axis is the horizontal one. Grey pictures get one channel, RGB three.
+
+    Args:
+        keys: keys of the picture paths.
+        allow_missing_keys: skip keys absent from the item.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, reader=_RowFirstPILReader(), image_only=True,
+                         ensure_channel_first=True, allow_missing_keys=allow_missing_keys)
 
 
 def source_name(data: Mapping, key: Hashable) -> str:

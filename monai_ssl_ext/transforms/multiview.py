@@ -7,6 +7,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.transforms.traits import RandomizableTrait
 
 __all__ = ["MultiViewd", "view_keys"]
 
@@ -17,7 +18,7 @@ def view_keys(key: str, n_views: int) -> list[str]:
     return [key] + [f"{key}_{i}" for i in range(2, n_views + 1)]
 
 
-class MultiViewd(MapTransform):
+class MultiViewd(MapTransform, RandomizableTrait):
     """Make ``n_views`` independently augmented views of each key.
 
     Each view is ``transform(copy of data[key])``, drawn independently; the views are stored as
@@ -30,6 +31,10 @@ class MultiViewd(MapTransform):
             of ``n_views`` transforms for asymmetric views (BYOL-style).
         n_views: number of views (ignored when ``transform`` is a sequence).
         original_key: where to keep the un-augmented input (e.g. ``"gt_image"``); None to drop it.
+
+    The views are drawn anew at every read: the class carries MONAI's ``RandomizableTrait``, so
+    ``CacheDataset`` / ``PersistentDataset`` cache only the transforms before it (without the
+    mark they cached the views themselves, and every epoch saw the same two views).
     """
 
     def __init__(

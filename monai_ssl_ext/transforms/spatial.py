@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -14,7 +15,7 @@ from torchvision.transforms import v2
 __all__ = ["RandResizedCropd"]
 
 
-class RandResizedCropd(MapTransform):
+class RandResizedCropd(MapTransform, RandomizableTrait):
     """``torchvision.transforms.v2.RandomResizedCrop`` applied with one draw to an image and its
     label: the image is resampled with ``interpolation`` (bilinear by default), labels with
     nearest neighbour, so label values stay integral (Albumentations' ``RandomResizedCrop`` in
@@ -25,6 +26,9 @@ class RandResizedCropd(MapTransform):
         size: output size (int or (h, w)).
         scale, ratio: as torchvision (defaults (0.08, 1.0) and (3/4, 4/3)).
         label_keys: keys resampled as masks (nearest).
+
+    Random to MONAI (``RandomizableTrait``): caching datasets stop before it. The draw comes from
+    torch's global generator, which ``RNGState`` checkpoints.
     """
 
     def __init__(

@@ -1,0 +1,66 @@
+"""Orientation survives load -> augment -> write for 2D pictures.
+
+The picture used everywhere: white in its left half, black in its right half, as a viewer shows
+it (PIL / numpy ``array[row, column]``). MONAI's default picture reader loads ``(W, H)``; there a
+"horizontal" flip moves white to the bottom and overlays come out transposed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def _left_white(path, h: int, w: int, mode: str = "RGB") -> None:
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2] = 255
+    Image.fromarray(a if mode == "RGB" else a[..., 0]).save(path)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_loaded_left_half_is_left(tmp_path, mode):
+    from monai_ssl_ext.transforms import LoadPictured
+
+    _left_white(tmp_path / "p.png", 20, 30, mode)
+    x = LoadPictured("image")({"image": str(tmp_path / "p.png")})["image"]
+    assert tuple(x.shape) == ((3 if mode == "RGB" else 1), 20, 30)  # (C, H, W)
+    assert torch.all(x[..., :15] == 255) and torch.all(x[..., 15:] == 0)
+    assert list(x.meta["spatial_shape"]) == [20, 30]
+
+
+@pytest.mark.parametrize("augment", ["SimCLRAugment", "BYOLAugment"])
+def test_horizontal_flip_moves_white_right(tmp_path, augment):
+    """The views' flip is horizontal in the picture: white ends on the right."""
+    import monai_ssl_ext.transforms as T
+
+    _left_white(tmp_path / "p.png", 32, 32)
+    x = T.LoadPictured("image")({"image": str(tmp_path / "p.png")})["image"][:1] / 255.0
+    kwargs = dict(size=32, scale=(1.0, 1.0), hflip_prob=1.0, jitter_prob=0.0, mean=(0.0,), std=(1.0,))
+    view = getattr(T, augment)(**kwargs)(x)  # full-image crop (scale 1, square), then the flip
+    assert view.shape == (1, 32, 32)
+    assert view[..., 20:].mean() > 0.9 and view[..., :12].mean() < 0.1, "white must move to the right"
+    kwargs["hflip_prob"] = 0.0
+    unflipped = getattr(T, augment)(**kwargs)(x)
+    assert unflipped[..., :12].mean() > 0.9 and unflipped[..., 20:].mean() < 0.1
+
+
+def test_overlay_matches_input_orientation(tmp_path):
+    """A perfect 'model' (prediction = the white region) written as mask and overlay PNGs: the
+    coloured pixels are where the input is white, in a non-square picture."""
+    from monai_ssl_ext.handlers import OverlayWriter
+    from monai_ssl_ext.transforms import LoadPictured
+
+    h, w = 20, 30
+    _left_white(tmp_path / "p.png", h, w)
+    x = LoadPictured("image")({"image": str(tmp_path / "p.png")})["image"]
+    fg = (x[0] > 128).long()
+    pred = torch.stack([1 - fg, fg]).float()  # one-hot (2, H, W) with the image's metadata order
+    mask_path, overlay_path = OverlayWriter(str(tmp_path / "out"), alpha=1.0, color=(0, 255, 0)).write(
+        pred, str(tmp_path / "p.png"))
+    mask = np.asarray(Image.open(mask_path))
+    overlay = np.asarray(Image.open(overlay_path))
+    assert mask.shape == (h, w)
+    assert np.all(mask[:, :15] == 255) and np.all(mask[:, 15:] == 0)
+    assert np.all(overlay[:, :15] == [0, 255, 0]) and np.all(overlay[:, 15:] == 0)
