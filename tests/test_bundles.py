@@ -58,6 +58,11 @@ def test_bundle_runs(bundle, demo_data, tmp_path):
                 assert any(k.startswith("val_") for k in run.data.metrics), run.data.metrics
             artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
             assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
+            # the exported encoder and the best model travel with the run
+            for rel in expected.get("train.json", []):
+                name = os.path.basename(rel)
+                if rel.startswith("models/") and name != "checkpoint_last.pt":
+                    assert name in artifacts, f"{bundle.name}: {name} not logged to MLflow ({artifacts})"
 
 
 def _pretraining(bundle: Path) -> bool:
@@ -124,13 +129,39 @@ def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
             assert os.path.exists(os.path.join(ranks[0][b.name]["output_dir"], rel)), f"{b.name} multi-GPU: {rel}"
 
 
+# which way each key metric improves, from what it measures (not from the configs)
+METRIC_DIRECTION = {"loss": "lower", "l1": "lower", "iou": "higher", "dice": "higher", "acc": "higher", "f1": "higher"}
+
+
+def _direction(metric: str) -> str:
+    found = {d for word, d in METRIC_DIRECTION.items() if word in metric}
+    assert len(found) == 1, f"key metric {metric!r}: add what it measures to METRIC_DIRECTION"
+    return found.pop()
+
+
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_best_checkpoint_direction(bundle):
-    """A key metric where lower is better (losses) must be saved with a negative sign, or MONAI's
-    CheckpointSaver keeps the worst model (source A's mode="max" bug)."""
-    config = json.loads((bundle / "configs" / "train.json").read_text())
-    evaluator = config.get("validate", {}).get("evaluator", {})
-    lower = "lower_is_better" in json.dumps(evaluator.get("metric_cmp_fn", ""))
-    for handler in config.get("validate", {}).get("handlers", []):
-        if handler.get("_target_") == "CheckpointSaver" and handler.get("save_key_metric"):
-            assert bool(handler.get("key_metric_negative_sign", False)) == lower, bundle.name
+    """The best model is the one with the best key metric: a loss is saved with a negative sign
+    and compared with lower_is_better, a score is not (source A's mode="max" on val_loss kept
+    the worst model)."""
+    from monai.bundle import ConfigParser
+
+    checked = 0
+    for name in run_configs(bundle):
+        parser = ConfigParser()
+        files = [name] if name == "train.json" or _standalone(bundle, name) else ["train.json", name]
+        parser.read_config([str(bundle / "configs" / f) for f in files])
+        if "validate#best_saver" not in parser:
+            continue
+        key_metric = parser["validate#evaluator#key_val_metric"]
+        if isinstance(key_metric, str):  # a reference such as "@validate#key_metric"
+            key_metric = parser[key_metric.lstrip("@")]
+        (metric,) = key_metric
+        lower = _direction(metric) == "lower"
+        saver = parser["validate#best_saver"]
+        assert bool(saver.get("key_metric_negative_sign", False)) == lower, f"{bundle.name}/{name}: {metric}"
+        cmp = json.dumps(parser["validate#evaluator"].get("metric_cmp_fn", ""))
+        assert ("lower_is_better" in cmp) == lower, f"{bundle.name}/{name}: {metric} compared the wrong way"
+        checked += 1
+    if "validate" in json.loads((bundle / "configs" / "train.json").read_text()):
+        assert checked, f"{bundle.name}: validation without a best_saver"

@@ -23,6 +23,7 @@ from conftest import ROOT
 BUNDLE = ROOT / "bundles" / "simclr_cholec"
 CKPT = Path("runs") / "simclr_cholec" / "models" / "checkpoint_last.pt"
 ENCODER = CKPT.parent / "encoder.pt"
+BEST = CKPT.parent / "model_best_val_loss.pt"
 EPOCHS = 6
 
 
@@ -130,6 +131,13 @@ def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path):
     enc_a = torch.load(root_a / ENCODER, map_location="cpu", weights_only=True)
     enc_b = torch.load(root_b / ENCODER, map_location="cpu", weights_only=True)
     _assert_same_state(enc_a["state_dict"], enc_b["state_dict"], "encoder")
+    # the best-model record and file: the same value, epoch and weights as the uninterrupted run
+    assert ck_a["best"]["best_metric_epoch"] == ck_b["best"]["best_metric_epoch"]
+    assert ck_a["best"]["best_metric"] == pytest.approx(ck_b["best"]["best_metric"], rel=0, abs=0)
+    assert ck_a["best"]["saved"] == ck_b["best"]["saved"] and len(ck_a["best"]["saved"]) == 1
+    best_a = torch.load(root_a / BEST, map_location="cpu", weights_only=True)
+    best_b = torch.load(root_b / BEST, map_location="cpu", weights_only=True)
+    _assert_same_state(best_a, best_b, "best model")
     # the random state at the end is the same as well
     assert torch.equal(ck_a["rng"]["torch"], ck_b["rng"]["torch"])
     assert all(torch.equal(x["keys"], y["keys"]) for x, y in zip(ck_a["rng"]["transforms"], ck_b["rng"]["transforms"]))

@@ -25,30 +25,49 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _mlflow_handlers(engine: Engine) -> list:
+    """The MONAI ``MLFlowHandler`` instances attached to ``engine``. Ignite has no public listing
+    of an engine's handlers: this is the one place that reads ``Engine._event_handlers``."""
+    from monai.handlers import MLFlowHandler
+
+    found = []
+    for fn, *_ in engine._event_handlers.get(Events.STARTED, []):
+        handler = getattr(fn, "__self__", None)
+        if isinstance(handler, MLFlowHandler) and handler not in found:
+            found.append(handler)
+    return found
+
+
 class TrackParams:
-    """Send ``params`` to every ``MLFlowHandler`` attached to the engine, once the run is open
-    (first iteration). Does nothing when tracking is off.
+    """Hand ``params`` and ``artifacts`` to the ``MLFlowHandler`` that MONAI's ``--tracking mlflow``
+    attaches to the same engine, through that handler's own arguments: ``experiment_param``
+    (logged when its run starts) and ``artifacts`` (files logged when the run completes). Does
+    nothing when tracking is off.
 
     Args:
         params: dict of parameters (nested dicts are flattened with dots; a ``LoadReport`` is
             expanded to its header).
+        artifacts: files (or folders) to log at the end of the run, e.g. the exported
+            ``encoder.pt`` and the best model; missing ones are skipped.
     """
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, artifacts: list[str] | tuple[str, ...] = ()):
         self.params = params
+        self.artifacts = tuple(str(a) for a in ([artifacts] if isinstance(artifacts, str) else artifacts))
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_STARTED(once=1), self)
+        engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        from monai.handlers import MLFlowHandler
-
         flat = flatten_params(self.params)
-        for handlers in engine._event_handlers.values():
-            for fn, *_ in handlers:
-                handler = getattr(fn, "__self__", None)
-                if isinstance(handler, MLFlowHandler) and handler.cur_run is not None:
-                    handler._delete_exist_param_in_dict(flat)
-                    if flat:
-                        handler._log_params(flat)
-                    return
+        for handler in _mlflow_handlers(engine):
+            handler.artifacts = tuple(a for a in handler.artifacts if a) + self.artifacts
+            if handler.cur_run is None:  # its start() (after this handler) logs them
+                handler.experiment_param = {**(handler.experiment_param or {}), **flat}
+            else:  # attached before this handler: log through the public client
+                from mlflow.entities import Param
+
+                logged = handler.client.get_run(handler.cur_run.info.run_id).data.params
+                new = [Param(k, v) for k, v in flat.items() if k not in logged]
+                if new:
+                    handler.client.log_batch(handler.cur_run.info.run_id, params=new)
