@@ -1,4 +1,5 @@
-"""EMATargetUpdate on a tiny ignite Engine against a hand-written BYOL loop, and the cosine momentum schedule."""
+"""EMATargetUpdate on a tiny ignite Engine against a hand-written BYOL loop (EMA over parameters only; the target's
+BatchNorm statistics come from its own train-mode forwards), and the cosine momentum schedule."""
 
 import copy
 import math
@@ -46,14 +47,15 @@ def _train_step(online, opt, x):
 
 
 def _hand_loop(online, target, batches, total):
-    """BYOL: after training step k = 0, 1, ..., xi <- tau_k xi + (1 - tau_k) theta with tau_k by cosine from BASE."""
+    """BYOL: after training step k = 0, 1, ..., xi <- tau_k xi + (1 - tau_k) theta with tau_k by cosine from BASE,
+    over the parameters only; the target's buffers (BN statistics) are its own and untouched here."""
     opt = torch.optim.SGD(online.parameters(), lr=0.1)
     for k, x in enumerate(batches):
         _train_step(online, opt, x)
         tau = FINAL - (FINAL - BASE) * (math.cos(math.pi * k / total) + 1) / 2
         sd_t, sd_o = target.state_dict(), online.state_dict()
         params = {n for n, _ in online.named_parameters()}
-        target.load_state_dict({n: tau * sd_t[n] + (1 - tau) * sd_o[n] if n in params else sd_o[n] for n in sd_t})
+        target.load_state_dict({n: tau * sd_t[n] + (1 - tau) * sd_o[n] if n in params else sd_t[n] for n in sd_t})
     return online, target
 
 
@@ -87,7 +89,10 @@ def test_engine_matches_hand_loop_and_resumes():
     assert handler.momentum == pytest.approx(cosine_momentum(5, 6, BASE, FINAL))
     _assert_same(online, ref_online)
     _assert_same(target, ref_target)
-    torch.testing.assert_close(target[1].running_mean, online[1].running_mean)  # buffers copied
+    # buffers are not copied: the target never ran a forward pass here, so its BN statistics are still the initial ones
+    assert torch.equal(target[1].running_mean, torch.zeros(4)) and torch.equal(target[1].running_var, torch.ones(4))
+    assert int(target[1].num_batches_tracked) == 0 and int(online[1].num_batches_tracked) == 6
+    assert not torch.allclose(online[1].running_mean, target[1].running_mean)
 
     # resume after the first epoch from a "checkpoint": k continues at 3 from engine.state.iteration
     online, target = _nets()
@@ -121,6 +126,63 @@ def test_total_steps_overrides_engine_length():
     EMATargetUpdate(online, target, base_momentum=BASE, final_momentum=FINAL, total_steps=10).attach(engine)
     engine.run(batches, max_epochs=1)
     _assert_same(target, ref_target)
+
+
+def test_target_keeps_its_own_batchnorm_statistics():
+    """BYOL-style iterations: the target runs a train-mode forward (no grad) on its own data, the online net trains on
+    other data, then the EMA step. The target's BN running statistics must be those of its own forwards, written out
+    here from BatchNorm's definition (momentum 0.1, unbiased batch variance), and not the online's; its parameters
+    follow xi <- tau_k xi + (1 - tau_k) theta with tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
+    torch.manual_seed(0)
+    online = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 2)).double()
+    target = copy.deepcopy(online)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.5)
+    gen = torch.Generator().manual_seed(2)
+    online_x = [torch.randn(8, 3, generator=gen, dtype=torch.float64) for _ in range(4)]
+    target_x = [3.0 + 2.0 * torch.randn(8, 3, generator=gen, dtype=torch.float64) for _ in range(4)]  # other data
+    tau_base, K = 0.9, 4
+
+    # reference, by hand: parameters by the EMA formula, target BN statistics from the target's own batches
+    names = [n for n, _ in online.named_parameters()]
+    xi = {n: t.detach().clone() for n, t in target.named_parameters()}
+    ref_online = copy.deepcopy(online)
+    ref_opt = torch.optim.SGD(ref_online.parameters(), lr=0.1)
+    mean, var = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    for k, (x, y) in enumerate(zip(online_x, target_x)):
+        h = y @ xi["0.weight"].T + xi["0.bias"]  # what the target's BN layer sees in its forward
+        mean = 0.9 * mean + 0.1 * h.mean(0)
+        var = 0.9 * var + 0.1 * ((h - h.mean(0)) ** 2).sum(0) / (h.shape[0] - 1)
+        _train_step(ref_online, ref_opt, x)
+        tau = 1 - (1 - tau_base) * (math.cos(math.pi * k / K) + 1) / 2
+        theta = dict(ref_online.named_parameters())
+        xi = {n: tau * xi[n] + (1 - tau) * theta[n].detach() for n in names}
+
+    opt = torch.optim.SGD(online.parameters(), lr=0.1)
+
+    def iteration(engine, batch):
+        x, y = batch
+        target.train()
+        with torch.no_grad():
+            target(y)  # BYOL's target branch: train mode, no gradient
+        _train_step(online, opt, x)
+
+    engine = Engine(iteration)
+    handler = EMATargetUpdate(online, target, base_momentum=tau_base, final_momentum=1.0)
+    handler.attach(engine)
+    engine.run(list(zip(online_x, target_x)), max_epochs=1)
+
+    for n, t in target.named_parameters():
+        torch.testing.assert_close(t, xi[n], rtol=1e-12, atol=1e-12, msg=n)
+    bn_t, bn_o = target[1], online[1]
+    torch.testing.assert_close(bn_t.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn_t.running_var, var, rtol=1e-12, atol=1e-12)
+    assert int(bn_t.num_batches_tracked) == 4
+    torch.testing.assert_close(bn_o.running_mean, ref_online[1].running_mean, rtol=1e-12, atol=1e-12)
+    assert (bn_t.running_mean - bn_o.running_mean).abs().max() > 0.1  # not the online network's statistics
+    assert (bn_t.running_var - bn_o.running_var).abs().max() > 0.1
 
 
 def test_mismatched_networks_raise():

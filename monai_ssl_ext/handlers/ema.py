@@ -6,6 +6,11 @@ Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Lear
     xi <- tau * xi + (1 - tau) * theta,     tau_k = 1 - (1 - tau_base) * (cos(pi * k / K) + 1) / 2
 
 generalised here to an arbitrary final momentum: ``tau_k = final - (final - base) * (cos(pi * k / K) + 1) / 2``.
+
+Only *parameters* are averaged (BYOL's ``xi`` and ``theta`` are the weights), as in solo-learn
+(``solo/utils/momentum.py``, ``MomentumUpdater.update``).
+Buffers such as batch-norm running statistics are left alone: the target keeps its own, which its own forward passes
+update when it runs in train mode (solo-learn's momentum backbone runs in train mode under ``torch.no_grad()``).
 """
 
 from __future__ import annotations
@@ -47,12 +52,15 @@ class EMATargetUpdate:
 
         target_param <- tau_k * target_param + (1 - tau_k) * online_param,   tau_k = cosine_momentum(k, K, base, final)
 
-    and the buffers (e.g. batch-norm statistics) are copied from ``online``. The target's parameters are set to not
-    require gradients. The momentum used last is kept in ``self.momentum``.
+    Buffers (e.g. batch-norm running mean / variance and ``num_batches_tracked``) are *not* touched: the target's
+    come from its own forward passes (train mode, e.g. :class:`~monai_ssl_ext.networks.BYOL`'s target branch under
+    ``torch.no_grad()``), as in solo-learn, so an exported target encoder carries the statistics of the target
+    network rather than of the online one. Parameter and buffer names and shapes must still match. The target's
+    parameters are set to not require gradients. The momentum used last is kept in ``self.momentum``.
 
     Args:
         online: the trained network (may be wrapped in ``DistributedDataParallel``).
-        target: the EMA network, with the same parameter and buffer names and shapes.
+        target: the EMA network, with the same parameter and buffer names and shapes (its buffers are its own).
         base_momentum: ``tau_base`` (0.99 in BYOL; 0.996 for its 1000-epoch runs).
         final_momentum: momentum reached at ``K`` (1.0 in BYOL).
         total_steps: ``K``; ``None`` uses ``engine.state.max_epochs * engine.state.epoch_length``.
@@ -92,5 +100,3 @@ class EMATargetUpdate:
         with torch.no_grad():
             for t, o in zip(self.target.parameters(), self.online.parameters()):
                 t.mul_(tau).add_(o.detach(), alpha=1 - tau)
-            for t, o in zip(self.target.buffers(), self.online.buffers()):
-                t.copy_(o)
