@@ -9,3 +9,4 @@ __version__ = "0.1.0"
 from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms, utils  # noqa: E402
 from . import encoders  # noqa: E402
 from .encoders import load_encoder  # noqa: E402
+from . import metrics  # noqa: E402

@@ -96,6 +96,19 @@ def test_byol_wrapper_shapes_target_and_params():
         BYOL(build_backbone(BACKBONE, in_channels=1), projection_dims=(32, 16), prediction_dims=(24, 8))
 
 
+def test_byol_batch_norm_statistics_per_view():
+    """solo-learn forwards each view on its own: in train mode p0 depends on view 0 only (its BN
+    statistics are view 0's), not on the other view of the batch."""
+    model = _byol().train()
+    x0, x1 = _views()
+    _, _, z0_alone, _ = model(x0, x0)
+    p0, _, z0, _ = model(x0, x1)
+    p0_other, _, z0_other, _ = model(x0, x1 * 3 + 1)
+    torch.testing.assert_close(p0, p0_other)
+    torch.testing.assert_close(z0, z0_other)
+    torch.testing.assert_close(z0, z0_alone)
+
+
 def test_byol_reinit_target_copies_online():
     model = _byol()
     with torch.no_grad():
@@ -136,11 +149,12 @@ def test_byol_ssl_trainer_ema_and_grad_clip():
         moved = max(moved, float((o1.detach() - t0).abs().max()))
     assert moved > 0  # the online net changed, so the target moved towards it
     # the target ran its own train-mode forward (no grad) on the same batch with the same weights as the online net
-    # (step 0), so its BN statistics were updated once and equal the online's; the EMA itself does not copy them
+    # (step 0), one forward per view, so its BN statistics were updated twice and equal the online's; the EMA itself
+    # does not copy them
     for (name, o), t in zip(model.online_modules().named_buffers(), model.target_modules().buffers()):
         torch.testing.assert_close(t, o, msg=name)
         if name.endswith("num_batches_tracked"):
-            assert int(t) == 1
+            assert int(t) == 2
 
 
 # ---- augmentation ----------------------------------------------------------------------------

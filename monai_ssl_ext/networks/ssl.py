@@ -43,8 +43,8 @@ class BYOL(nn.Module):
     projections of a target network (f', g') that is an exponential moving average of (f, g).
 
     ``forward(x0, x1)`` returns ``(p0, p1, z0, z1)`` with ``p_v = q(g(f(x_v)))`` and ``z_v = g'(f'(x_v))``, the
-    input of :class:`~monai_ssl_ext.losses.BYOLLoss`. Both views go through each network as one batch (BN statistics
-    over both views, as in SimCLR and solo-learn). The targets are computed under ``torch.no_grad()`` (stop-gradient;
+    input of :class:`~monai_ssl_ext.losses.BYOLLoss`. Each view goes through each network as its own batch (BN
+    statistics per view, as in solo-learn, SSL-MedSeg's framework). The targets are computed under ``torch.no_grad()`` (stop-gradient;
     the loss detaches them again).
 
     The target copies ``target_backbone`` / ``target_projector`` are submodules, so they are saved in the state dict,
@@ -109,11 +109,11 @@ class BYOL(nn.Module):
         self.target_modules().requires_grad_(False)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(p0, p1, z0, z1)``: online predictions and target projections of the two views."""
-        x = torch.cat([x0, x1])
-        p = self.predictor(self.projector(self.backbone(x)))
+        """``(p0, p1, z0, z1)``: online predictions and target projections of the two views.
+
+        Each view goes through each network on its own, as in solo-learn (``training_step`` and
+        the momentum forward loop over the views): batch-norm statistics are per view."""
+        p0, p1 = (self.predictor(self.projector(self.backbone(x))) for x in (x0, x1))
         with torch.no_grad():
-            z = self.target_projector(self.target_backbone(x))
-        p0, p1 = p.chunk(2)
-        z0, z1 = z.chunk(2)
+            z0, z1 = (self.target_projector(self.target_backbone(x)) for x in (x0, x1))
         return p0, p1, z0, z1

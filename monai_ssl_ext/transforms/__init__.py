@@ -3,3 +3,4 @@ from .checks import CheckedLoadImage, CheckedLoadImaged, EnsureChannelsd, ImageR
 from .multiview import MultiViewd, view_keys
 from .slices import LoadSliced, SliceIndexError, read_volume
 from .spatial import RandResizedCropd
+from .intensity import RandBrightnessContrast, RandBrightnessContrastd, adjust_brightness_contrast
