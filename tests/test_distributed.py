@@ -15,7 +15,7 @@ from monai_ssl_ext.distributed import (
     get_world_size,
     is_distributed,
 )
-from monai_ssl_ext.losses import NTXentLoss
+from monai_ssl_ext.losses import NTXentLoss, ReconContrastiveLoss
 
 WORLD = 2
 B = 4  # per-rank batch
@@ -32,6 +32,11 @@ def _data():
 def _model():
     torch.manual_seed(1)
     return torch.nn.Linear(5, 3)
+
+
+def _recon_data():
+    g = torch.Generator().manual_seed(3)
+    return None, torch.randn(WORLD * B, 3, generator=g)
 
 
 def _gather_inputs():
@@ -84,6 +89,13 @@ def _worker(rank, tmpdir):
 
         with torch.no_grad():
             res[f"local_loss_{tau}"] = NTXentLoss(tau, gather_distributed=False)(model(x0[rows]), model(x1[rows]))
+
+    # ViTAutoEnc's L1 * (1 + NT-Xent) on this rank's rows: DDP must give the global batch's loss and gradient
+    recon, target = _recon_data()
+    ddp = torch.nn.parallel.DistributedDataParallel(_model())
+    loss = ReconContrastiveLoss(temperature=0.5)(ddp(x0[rows]), ddp(x1[rows]), target[rows])
+    loss.backward()
+    res["recon_loss"], res["recon_grads"] = loss.detach(), [p.grad.clone() for p in ddp.parameters()]
 
     torch.save(res, os.path.join(tmpdir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -151,6 +163,24 @@ def test_gathered_ntxent_equals_single_process(results, tau):
             local = NTXentLoss(temperature=tau)(model(x0[rows]), model(x1[rows]))
         torch.testing.assert_close(r[f"local_loss_{tau}"], local, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(local, r[f"loss_{tau}"])
+
+
+def test_recon_contrastive_2xB_equals_1x2B(results):
+    """2 ranks x B = 1 process x 2B for the ViTAutoEnc loss (a product of two means)."""
+    x0, x1 = _data()
+    _, target = _recon_data()
+    model = _model()
+    loss = ReconContrastiveLoss(temperature=0.5)(model(x0), model(x1), target)
+    loss.backward()
+    for r in results:
+        torch.testing.assert_close(r["recon_loss"], loss.detach(), rtol=1e-6, atol=1e-6)
+        for got, want in zip(r["recon_grads"], (p.grad for p in model.parameters())):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the product of per-rank means is a different number
+    with torch.no_grad():
+        per_rank = [ReconContrastiveLoss(0.5)(model(x0[i * B:(i + 1) * B]), model(x1[i * B:(i + 1) * B]),
+                                              target[i * B:(i + 1) * B]) for i in range(WORLD)]
+    assert not torch.allclose(torch.stack(per_rank).mean(), loss.detach(), rtol=1e-3)
 
 
 def test_single_process_fallbacks():
