@@ -14,7 +14,9 @@ in the Hugging Face cache); or null (random initialisation).
 
 :func:`load_encoder` maps the source trunk's keys onto a downstream trunk and raises unless every
 downstream tensor is filled and every source tensor is used (apart from the per-family ignore
-list), so a hand-off never fails silently.
+list), and unless the architecture parameters that no tensor shape shows (a ViT's ``num_heads``,
+its patch grid, strides, the stem max-pool, ...) agree with the header (:func:`check_architecture`),
+so a hand-off never fails silently.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "map_encoder_keys",
     "load_encoder",
     "convert_input_channels",
+    "check_architecture",
     "pretrained_backbone",
     "same_normalization",
 ]
@@ -72,10 +75,12 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)
     header: dict = field(default_factory=dict)
+    arch_checked: list[str] = field(default_factory=list)
+    arch_mismatches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unused or self.mismatched)
+        return not (self.missing or self.unused or self.mismatched or self.arch_mismatches)
 
     def summary(self) -> str:
         text = (
@@ -283,12 +288,312 @@ def convert_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tens
     return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :in_channels] * (c / in_channels)
 
 
+# ---- architecture check ----------------------------------------------------------------------
+#
+# Tensor shapes catch most differences between the encoder's trunk and the downstream one, but not
+# all: a ViT with 8 heads has the same tensors as one with 12 (the qkv projection is hidden×3·hidden
+# either way), a ResNet without its stem max-pool the same as one with it, a convolution with
+# stride 1 the same as one with stride 2. Such a trunk loads whole and computes other features, so
+# load_encoder compares these shape-invariant parameters too: the encoder side from the header
+# (ViT: its ``arch_params``; other trunks: the trunk the header's arch builds, made on the meta
+# device), the target side read off the module.
+#
+# Checked, by name:
+#   MONAI ViT (ViT, UNETR.vit, ViTAutoEnc): spatial_dims, in_channels, patch_size, proj_type,
+#       pos_embed_type, number of patches, patch grid (img_size // patch_size: when the target says
+#       its img_size, i.e. a Backbone or ``target_arch_params``), hidden_size, mlp_dim, num_layers,
+#       num_heads, qkv_bias, classification;
+#   ResNet (MONAI's and timm's): spatial_dims, conv1 stride, stem max-pool, activation;
+#   other trunks (EfficientNet, timm models): spatial_dims.
+# Checked for every tensor the key map pairs (all families): the owning module's stride, dilation
+#   and groups (convolutions; padding too within one implementation), eps (norm layers),
+#   num_groups (GroupNorm), and num_heads on the attention module above a projection; for two
+#   trunks of the same class, every parameterless layer of the same name (activations, pooling,
+#   padding, rearrangements; dropout and identities excepted).
+
+@dataclass(frozen=True)
+class _Grid:
+    """A ViT input size: compared by patch grid (``img_size // patch_size``), shown with the size."""
+
+    grid: tuple
+    img_size: tuple
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Grid) and self.grid == other.grid
+
+    def __hash__(self) -> int:
+        return hash(self.grid)
+
+    def __repr__(self) -> str:
+        return f"{self.img_size} (patch grid {self.grid})"
+
+
+def _tuple(value, n: int) -> tuple:
+    from monai.utils import ensure_tuple_rep
+
+    return tuple(int(v) for v in ensure_tuple_rep(value, n))
+
+
+def _grid(img_size, patch_size: tuple) -> _Grid:
+    img = _tuple(img_size, len(patch_size))
+    return _Grid(tuple(i // p for i, p in zip(img, patch_size)), img)
+
+
+def _is_vit(module: nn.Module) -> bool:
+    from monai.networks.blocks import PatchEmbeddingBlock
+
+    return isinstance(getattr(module, "patch_embedding", None), PatchEmbeddingBlock) and hasattr(module, "blocks")
+
+
+def _vit_signature(vit: nn.Module) -> dict:
+    """What a MONAI ViT trunk (ViT, UNETR.vit, ViTAutoEnc) records about its architecture."""
+    pe = vit.patch_embedding
+    proj = pe.patch_embeddings
+    if isinstance(proj, nn.modules.conv._ConvNd):
+        patch = tuple(int(k) for k in proj.kernel_size)
+        in_channels = int(proj.in_channels)
+    else:  # perceptron: Sequential(einops Rearrange with p1, p2[, p3], Linear)
+        lengths = proj[0].axes_lengths
+        patch = tuple(int(lengths[f"p{i}"]) for i in range(1, len(lengths) + 1))
+        in_channels = int(pe.patch_dim) // int(torch.tensor(patch).prod())
+    blocks = list(vit.blocks)
+    heads = [int(b.attn.num_heads) for b in blocks]
+    attn = blocks[0].attn if blocks else None
+    qkv = getattr(attn, "qkv", None) if attn is not None else None
+    if not isinstance(qkv, nn.Linear) and attn is not None:
+        qkv = getattr(attn, "to_q", None)
+    return {
+        "spatial_dims": len(patch),
+        "in_channels": in_channels,
+        "patch_size": patch,
+        "proj_type": str(pe.proj_type),
+        "pos_embed_type": str(pe.pos_embed_type),
+        "n_patches": int(pe.n_patches),
+        "hidden_size": int(pe.position_embeddings.shape[-1]),
+        "mlp_dim": int(blocks[0].mlp.linear1.out_features) if blocks else None,
+        "num_layers": len(blocks),
+        "num_heads": (heads[0] if len(set(heads)) == 1 else tuple(heads)) if heads else None,
+        "qkv_bias": isinstance(qkv, nn.Linear) and qkv.bias is not None,
+        "classification": hasattr(vit, "cls_token"),
+    }
+
+
+def _vit_header_signature(payload: dict) -> dict:
+    """The same parameters as :func:`_vit_signature`, from an encoder header (its ``arch_params``,
+    MONAI ViT's defaults for the ones it leaves out)."""
+    import inspect
+
+    from monai.networks.nets import ViT
+
+    defaults = {
+        k: p.default for k, p in inspect.signature(ViT.__init__).parameters.items() if p.default is not p.empty
+    }
+    p = {**defaults, **payload["arch_params"]}
+    sd = int(payload["spatial_dims"])
+    patch = _tuple(p["patch_size"], sd)
+    grid = _grid(p["img_size"], patch)
+    return {
+        "spatial_dims": sd,
+        "in_channels": int(payload["in_channels"]),
+        "patch_size": patch,
+        "proj_type": str(p["proj_type"]).lower(),
+        "pos_embed_type": str(p["pos_embed_type"]).lower(),
+        "n_patches": int(torch.tensor(grid.grid).prod()),
+        "img_size": grid,
+        "hidden_size": int(p["hidden_size"]),
+        "mlp_dim": int(p["mlp_dim"] or p["hidden_size"]),
+        "num_layers": int(p["num_layers"]),
+        "num_heads": int(p["num_heads"]),
+        "qkv_bias": bool(p["qkv_bias"]),
+        "classification": bool(p.get("classification", False)),
+    }
+
+
+def _spatial_dims(module: nn.Module) -> int | None:
+    conv = next((m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    return len(conv.kernel_size) if conv is not None else None
+
+
+def _signature(module: nn.Module) -> dict:
+    """Named shape-invariant parameters of a trunk (see the comment above)."""
+    if _is_vit(module):
+        return _vit_signature(module)
+    from monai.networks.nets.resnet import ResNet
+
+    sig = {"spatial_dims": _spatial_dims(module)}
+    timm_resnet = type(module).__name__ == "ResNet" and type(module).__module__.startswith("timm.")
+    if isinstance(module, ResNet) and isinstance(module.conv1, nn.modules.conv._ConvNd):
+        sig.update(conv1_stride=tuple(module.conv1.stride), max_pool=not module.no_max_pool,
+                   activation=type(module.act).__name__)
+    elif timm_resnet and isinstance(getattr(module, "conv1", None), nn.modules.conv._ConvNd):
+        sig.update(conv1_stride=tuple(module.conv1.stride), max_pool=not isinstance(module.maxpool, nn.Identity),
+                   activation=type(module.act1).__name__)
+    return {k: v for k, v in sig.items() if v is not None}
+
+
+def _rebuild_source(payload: dict, source: str) -> nn.Module | None:
+    """The trunk the header describes, on the meta device (no memory, no weights); None when the
+    header cannot be rebuilt here (then only the named header parameters and the shapes are checked)."""
+    arch = payload["arch"]
+    arch_params = payload.get("arch_params")
+    if _family(arch) == "monai-vit" and arch_params is None:
+        return None  # sizes unknown: defaults would not be this encoder's
+    try:
+        with torch.device("meta"):
+            return build_backbone(
+                arch, spatial_dims=int(payload["spatial_dims"]), in_channels=int(payload["in_channels"]),
+                **dict(arch_params or {}),
+            ).trunk
+    except Exception as e:
+        logger.warning(
+            f"encoder {source}: cannot rebuild arch {arch!r} to compare its layer settings "
+            f"({type(e).__name__}: {e}); comparing header parameters and tensor shapes only"
+        )
+        return None
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)), abs(float(b)))
+    return a == b
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _module_settings(src: nn.Module, dst: nn.Module, same_trunk: bool) -> list[tuple[str, object, object]]:
+    out = []
+    if isinstance(src, nn.modules.conv._ConvNd) and isinstance(dst, nn.modules.conv._ConvNd):
+        names = ["stride", "dilation", "groups"]
+        if same_trunk and type(src) is type(dst):
+            # only within one implementation: timm's "same" convolutions pad in the conv (or in
+            # forward), MONAI's EfficientNet in a separate padding layer
+            names += ["padding", "padding_mode"]
+        out += [(n, getattr(src, n), getattr(dst, n)) for n in names]
+    elif isinstance(src, _NORMS) and isinstance(dst, _NORMS):
+        out.append(("eps", src.eps, dst.eps))
+        if isinstance(src, nn.GroupNorm) and isinstance(dst, nn.GroupNorm):
+            out.append(("num_groups", src.num_groups, dst.num_groups))
+    return out
+
+
+def _leaf_repr(module: nn.Module) -> str:
+    return re.sub(r",?\s*inplace=(True|False)", "", repr(module))
+
+
+def _is_leaf_without_state(module: nn.Module) -> bool:
+    return not (
+        any(True for _ in module.children())
+        or any(True for _ in module.parameters(recurse=False))
+        or any(True for _ in module.buffers(recurse=False))
+    )
+
+
+def _layer_mismatches(src: nn.Module, dst: nn.Module, mapping: dict[str, str]) -> list[str]:
+    """Shape-invariant settings of the layers the key map pairs, encoder (rebuilt) vs target."""
+    src_mods, dst_mods = dict(src.named_modules()), dict(dst.named_modules())
+    found: dict[str, str] = {}
+    same_trunk = type(src) is type(dst) and all(s == d for s, d in mapping.items())
+    pairs = {(s.rpartition(".")[0], d.rpartition(".")[0]) for s, d in mapping.items()}
+    for s_owner, d_owner in sorted(pairs):
+        sm, dm = src_mods.get(s_owner), dst_mods.get(d_owner)
+        if sm is None or dm is None:
+            continue
+        for name, a, b in _module_settings(sm, dm, same_trunk):
+            if not _same(a, b):
+                found.setdefault(f"{d_owner}.{name}", f"encoder {a}, target {b}")
+        # attention heads live on the module above the projection (MONAI SABlock, timm Attention)
+        s_parent, d_parent = src_mods.get(s_owner.rpartition(".")[0]), dst_mods.get(d_owner.rpartition(".")[0])
+        a, b = getattr(s_parent, "num_heads", None), getattr(d_parent, "num_heads", None)
+        if isinstance(a, int) and isinstance(b, int) and a != b:
+            found.setdefault(f"{d_owner.rpartition('.')[0]}.num_heads", f"encoder {a}, target {b}")
+    if same_trunk:
+        for name, sm in src_mods.items():
+            dm = dst_mods.get(name)
+            if dm is None or not _is_leaf_without_state(sm) or not _is_leaf_without_state(dm):
+                continue
+            if isinstance(sm, nn.Identity) or "drop" in type(sm).__name__.lower():
+                continue  # dropout / drop-path rates are a finetuning choice, not the trunk's function
+            if _leaf_repr(sm) != _leaf_repr(dm):
+                found.setdefault(name, f"encoder {_leaf_repr(sm)}, target {_leaf_repr(dm)}")
+    return [f"{k}: {v}" for k, v in found.items()]
+
+
+def check_architecture(
+    target: nn.Module,
+    payload: dict,
+    source: str = "<payload>",
+    mapping: dict[str, str] | None = None,
+    convert_channels: bool = False,
+    target_arch_params: dict | None = None,
+) -> tuple[list[str], list[str]]:
+    """Compare the shape-invariant architecture parameters of an encoder (its header) with those of
+    a downstream trunk. Returns ``(mismatches, checked)``: one readable line per difference
+    (parameter, encoder header value, target value) and the names of the parameters compared."""
+    module = target.trunk if isinstance(target, Backbone) else target
+    target_sig = _signature(module)
+    if isinstance(target, Backbone):
+        target_sig["spatial_dims"] = target.spatial_dims
+        if "img_size" in target.arch_params and "patch_size" in target_sig:
+            target_sig["img_size"] = _grid(target.arch_params["img_size"], target_sig["patch_size"])
+    for key, value in (target_arch_params or {}).items():
+        if key == "img_size" and "patch_size" in target_sig:
+            value = _grid(value, target_sig["patch_size"])
+        elif key not in target_sig:
+            raise ValueError(
+                f"target_arch_params: {key!r} is not a parameter checked for {type(module).__name__} "
+                f"(checked: {sorted([*target_sig, *(['img_size'] if 'patch_size' in target_sig else [])])})"
+            )
+        elif isinstance(target_sig[key], tuple) and not isinstance(value, tuple):
+            value = _tuple(value, len(target_sig[key]))
+        if key in target_sig and not _same(target_sig[key], value):
+            raise ValueError(
+                f"target_arch_params says {key}={value!r} but {type(module).__name__} has {target_sig[key]!r}"
+            )
+        target_sig[key] = value
+
+    rebuilt = _rebuild_source(payload, source)
+    if _family(payload["arch"]) == "monai-vit" and payload.get("arch_params") is not None:
+        header_sig = _vit_header_signature(payload)
+    elif rebuilt is not None:
+        header_sig = _signature(rebuilt)
+        header_sig["spatial_dims"] = int(payload["spatial_dims"])
+    else:
+        header_sig = {"spatial_dims": int(payload["spatial_dims"])}
+    if convert_channels:
+        header_sig.pop("in_channels", None)  # the stem is converted, see convert_input_channels
+
+    checked = [k for k in header_sig if k in target_sig]
+    mismatches = []
+    for key in checked:
+        a, b = header_sig[key], target_sig[key]
+        if not _same(a, b):
+            line = f"{key}: encoder header {a!r}, target {b!r}"
+            if key == "in_channels":
+                line += " (pass convert_channels=True to adapt the stem)"
+            mismatches.append(line)
+    if mismatches and mismatches[0].startswith("spatial_dims:"):
+        return mismatches, checked  # everything else differs in shape anyway
+    if rebuilt is not None:
+        if mapping is None:
+            mapping = map_encoder_keys(payload["arch"], list(payload["state_dict"]), target)
+        layer = _layer_mismatches(rebuilt, module, mapping)
+        named = {m.split(":", 1)[0] for m in mismatches}
+        if named & {"num_heads"}:  # the per-block lines repeat it
+            layer = [m for m in layer if "num_heads" not in m and "rearrange" not in m]
+        mismatches += layer
+        checked.append("layer settings")
+    return mismatches, checked
+
+
 def load_encoder(
     target: nn.Module,
     spec: str | dict | None,
     convert_channels: bool = False,
     strict: bool = True,
     expected_normalization: dict | None = None,
+    check_arch: bool = True,
+    target_arch_params: dict | None = None,
 ) -> LoadReport | None:
     """Load a weight spec into a downstream trunk (e.g. ``FlexibleUNet.encoder`` or a
     :class:`~monai_ssl_ext.networks.backbones.Backbone`); returns and logs a :class:`LoadReport`.
@@ -302,6 +607,11 @@ def load_encoder(
             (apart from the per-family ignore list).
         expected_normalization: the finetuning pipeline's input normalisation; a difference from
             the encoder's header is logged as a warning (and recorded in the report).
+        check_arch: compare the architecture parameters that tensor shapes do not reveal (ViT
+            ``num_heads``, patch grid, strides, ...; see :func:`check_architecture`) and raise on a
+            difference, whatever ``strict`` says: such a trunk loads whole and computes other features.
+        target_arch_params: target parameters its module does not record, e.g.
+            ``{"img_size": roi_size}`` for ``UNETR.vit`` (compared as the patch grid).
     """
     if isinstance(spec, dict):
         source, payload = "<payload>", spec
@@ -345,6 +655,12 @@ def load_encoder(
         )
         report.header["normalization_warning"] = msg
         logger.warning(msg)
+    if check_arch:
+        report.arch_mismatches, report.arch_checked = check_architecture(
+            target, payload, str(source), mapping, convert_channels, target_arch_params
+        )
+        if report.arch_mismatches:
+            raise EncoderLoadError(_failure_message(report, payload, module))
     if strict and not report.ok:
         raise EncoderLoadError(_failure_message(report, payload, module))
     module.load_state_dict(new_state, strict=False)
@@ -368,6 +684,12 @@ def _failure_message(report: LoadReport, payload: dict, module: nn.Module) -> st
         return ", ".join(items[:5]) + (f" … (+{len(items) - 5})" if len(items) > 5 else "")
 
     parts = [f"encoder {report.source} (arch {payload['arch']}) does not fit {type(module).__name__}:"]
+    if report.arch_mismatches:
+        parts.append(
+            f"architecture parameters differ [{'; '.join(report.arch_mismatches[:8])}"
+            + (f"; … (+{len(report.arch_mismatches) - 8})" if len(report.arch_mismatches) > 8 else "")
+            + "]"
+        )
     if report.missing:
         parts.append(f"{len(report.missing)} downstream tensors not filled [{head(report.missing)}]")
     if report.unused:

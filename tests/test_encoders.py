@@ -233,3 +233,150 @@ def test_unused_vit_norms_are_frozen_and_everything_else_trains():
     unetr = UNETR(1, 2, img_size=32, feature_size=8, hidden_size=24, mlp_dim=48, num_heads=2)
     names = freeze_unused_vit_norms(unetr.vit)
     assert len(names) == 2 * 12 and all(not unetr.vit.get_parameter(n).requires_grad for n in names)
+
+
+# ---- architecture parameters that tensor shapes do not reveal (defect 5) ----------------------
+
+VIT_SMALL = dict(img_size=32, patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2)
+
+
+def _vit_encoder(tmp_path, name="vit.pt", seed=0, spatial_dims=3, **params):
+    torch.manual_seed(seed)
+    source = build_backbone("vit", spatial_dims=spatial_dims, in_channels=1, **params)
+    _randomise(source.trunk, seed=seed)
+    with torch.no_grad():  # sharp attention, so that how the heads split the channels matters
+        for block in source.trunk.blocks:
+            block.norm1.weight.fill_(1.0)
+            block.attn.qkv.weight.mul_(10.0)
+    path = tmp_path / name
+    export_encoder(source, str(path), method="vitautoenc")
+    return source, path
+
+
+def _same_vit_outputs(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> None:
+    a.eval(), b.eval()
+    with torch.no_grad():
+        (tok_a, hid_a), (tok_b, hid_b) = a(x), b(x)
+    assert len(hid_a) == len(hid_b)
+    for got, ref in zip([tok_a, *hid_a], [tok_b, *hid_b]):
+        assert _rel_err(got, ref) <= 1e-5
+
+
+def test_vit_with_other_num_heads_is_rejected(tmp_path):
+    """An 8-head ViT trunk has exactly the tensors of a 12-head one; loading it into the 12-head
+    trunk used to report 0 missing / 0 unused and compute other features."""
+    from monai.networks.nets import ViT
+
+    source, path = _vit_encoder(tmp_path, num_heads=8, **VIT_SMALL)
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+
+    wrong = ViT(in_channels=1, spatial_dims=3, num_heads=12, **VIT_SMALL)
+    before = {k: v.clone() for k, v in wrong.state_dict().items()}
+    with pytest.raises(EncoderLoadError, match="num_heads: encoder header 8, target 12") as err:
+        load_encoder(wrong, str(path))
+    assert str(path) in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in wrong.state_dict().items())  # nothing loaded
+
+    # the defect itself: without the check every tensor fits, and the features are not the encoder's
+    report = load_encoder(wrong, str(path), check_arch=False)
+    assert report.missing == report.unused == report.mismatched == [] and report.loaded
+    wrong.eval(), source.eval()
+    with torch.no_grad():
+        assert _rel_err(wrong(x)[0], source.trunk(x)[0]) > 1e-2
+
+    right = ViT(in_channels=1, spatial_dims=3, num_heads=8, **VIT_SMALL)
+    report = load_encoder(right, str(path))
+    assert report.ok and "num_heads" in report.arch_checked and report.arch_mismatches == []
+    _same_vit_outputs(right, source.trunk, x)
+
+
+def test_vit_encoder_into_unetr_checks_num_heads(tmp_path):
+    """The unetr_btcv hand-off (``load_encoder(@network_def.vit, ...)``): UNETR's ViT has 12 layers
+    and patch 16; only the head count differs."""
+    from monai.networks.nets import UNETR
+
+    params = dict(img_size=32, patch_size=16, hidden_size=48, mlp_dim=96, num_layers=12)
+    source, path = _vit_encoder(tmp_path, num_heads=8, **params)
+
+    def unetr(heads):
+        return UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
+                     num_heads=heads, proj_type="conv", norm_name="instance", res_block=True, dropout_rate=0.0)
+
+    with pytest.raises(EncoderLoadError, match="num_heads: encoder header 8, target 12") as err:
+        load_encoder(unetr(12).vit, str(path))
+    assert str(path) in str(err.value)
+    net = unetr(8)
+    assert load_encoder(net.vit, str(path), target_arch_params={"img_size": [32, 32, 32]}).ok
+    _same_vit_outputs(net.vit, source.trunk, torch.rand(1, 1, 32, 32, 32))
+
+
+def test_pretrained_backbone_rejects_overridden_vit_sizes(tmp_path):
+    """``pretrained_backbone`` takes the header's ``arch_params`` unless told otherwise; an override
+    that keeps every shape (heads, or an img_size with as many patches) is an error."""
+    _, path = _vit_encoder(tmp_path, num_heads=8, **VIT_SMALL)
+    assert pretrained_backbone("vit", str(path), spatial_dims=3, in_channels=1).load_report.ok
+    with pytest.raises(EncoderLoadError, match="num_heads"):
+        pretrained_backbone("vit", str(path), spatial_dims=3, in_channels=1, num_heads=4)
+    with pytest.raises(EncoderLoadError, match=r"img_size: encoder header \(32, 32, 32\) \(patch grid \(4, 4, 4\)\)"):
+        pretrained_backbone("vit", str(path), spatial_dims=3, in_channels=1, img_size=[16, 64, 32])
+
+
+def test_vit_patch_grid_declared_for_a_bare_vit(tmp_path):
+    """A bare ViT does not record its img_size: 16×64×32 has as many 8³ patches as 32³, so the
+    position embeddings fit; ``target_arch_params`` lets the caller say it."""
+    from monai.networks.nets import ViT
+
+    _, path = _vit_encoder(tmp_path, num_heads=8, **VIT_SMALL)
+    other = dict(VIT_SMALL, img_size=(16, 64, 32))
+    assert load_encoder(ViT(in_channels=1, spatial_dims=3, num_heads=8, **other), str(path)).ok
+    with pytest.raises(EncoderLoadError, match=r"img_size: .*patch grid \(4, 4, 4\).*patch grid \(2, 8, 4\)"):
+        load_encoder(ViT(in_channels=1, spatial_dims=3, num_heads=8, **other), str(path),
+                     target_arch_params={"img_size": (16, 64, 32)})
+    with pytest.raises(ValueError, match="num_heads"):  # a declaration the module contradicts
+        load_encoder(ViT(in_channels=1, spatial_dims=3, num_heads=8, **VIT_SMALL), str(path),
+                     target_arch_params={"num_heads": 12})
+
+
+def test_perceptron_vit_patch_size_and_pos_embedding(tmp_path):
+    """A perceptron patch embedding is a Linear over p1·p2·C inputs: 8×8 and 4×16 patches share it."""
+    from monai.networks.nets import ViT
+
+    _, path = _vit_encoder(tmp_path, spatial_dims=2, num_heads=4, proj_type="perceptron", **VIT_SMALL)
+    base = dict(in_channels=1, spatial_dims=2, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4,
+                proj_type="perceptron")
+    with pytest.raises(EncoderLoadError, match=r"patch_size: encoder header \(8, 8\), target \(4, 16\)"):
+        load_encoder(ViT(img_size=(16, 64), patch_size=(4, 16), **base), str(path))  # 4×4 patches too
+    with pytest.raises(EncoderLoadError, match="pos_embed_type: encoder header 'learnable', target 'sincos'"):
+        load_encoder(ViT(img_size=32, patch_size=8, pos_embed_type="sincos", **base), str(path))
+    assert load_encoder(ViT(img_size=32, patch_size=8, **base), str(path)).ok
+
+
+def test_resnet_stem_and_strides_are_checked(tmp_path):
+    """MONAI ResNet keeps its max-pool layer whether or not it uses it, and strides have no tensor:
+    a resnet18 without the stem max-pool, or with another stride, has the same state dict."""
+    from monai.networks.nets.resnet import ResNet, get_inplanes, resnet_params
+
+    source = build_backbone("resnet18")
+    _randomise(source.trunk, seed=4)
+    path = tmp_path / "encoder.pt"
+    export_encoder(source, str(path), method="simclr")
+    block, layers, shortcut, bias_ds, _ = resnet_params["resnet18"]
+
+    def resnet(**kw):
+        args = dict(block=block, layers=layers, block_inplanes=get_inplanes(), spatial_dims=2, n_input_channels=3,
+                    conv1_t_stride=2, shortcut_type=shortcut, feed_forward=False, bias_downsample=bias_ds)
+        return ResNet(**{**args, **kw})
+
+    with pytest.raises(EncoderLoadError, match="max_pool: encoder header True, target False") as err:
+        load_encoder(resnet(no_max_pool=True), str(path))
+    assert str(path) in str(err.value)
+    with pytest.raises(EncoderLoadError, match=r"conv1_stride: encoder header \(2, 2\), target \(1, 1\)"):
+        load_encoder(resnet(conv1_t_stride=1), str(path))
+    strided = resnet()
+    strided.layer3[0].conv1.stride = (1, 1)  # e.g. a dilated / output-stride-16 variant
+    with pytest.raises(EncoderLoadError, match=r"layer3\.0\.conv1\.stride: encoder \(2, 2\), target \(1, 1\)"):
+        load_encoder(strided, str(path))
+    with pytest.raises(EncoderLoadError, match="activation"):
+        load_encoder(resnet(act="leakyrelu"), str(path))
+    report = load_encoder(resnet(), str(path))
+    assert report.ok and {"conv1_stride", "max_pool", "layer settings"} <= set(report.arch_checked)

@@ -1,102 +1,217 @@
-"""The SSL trainer: a MONAI ``SupervisedTrainer`` whose iteration feeds the views to the SSL
-wrapper and the wrapper's outputs to the loss; ``engine.state.output["loss"]`` is the scalar, so
-MONAI's StatsHandler, MLflow and checkpoint handlers work unchanged."""
+"""The SSL engines: MONAI's ``SupervisedTrainer`` and ``SupervisedEvaluator`` themselves, fed views.
+
+MONAI's own iteration runs unchanged — amp (autocast + ``GradScaler``), ``accumulation_steps``,
+``optim_set_to_none``, ``compile``, ``IterationEvents``, decollation — with three SSL pieces:
+
+* :class:`PrepareViews` (the ``prepare_batch``): the views as plain tensors on the engine's device,
+  the first as MONAI's ``inputs``, the others as extra network arguments, so that the (default)
+  inferer calls ``network(*views)``;
+* :class:`SSLLoss` (wraps ``loss_function``): MONAI calls ``loss_function(pred, target)``; an SSL
+  loss takes the wrapper's outputs, ``loss(*outputs)`` (or ``loss(outputs)`` for a dict);
+* :class:`ViewsInferer`: ``network(*views)``, under ``torch.autocast`` of the input's device when
+  amp is on and that device is not CUDA (MONAI's amp is ``torch.autocast("cuda")``, which does
+  nothing on CPU; there amp means bfloat16 autocast, as ``torch.autocast("cpu")`` defaults to).
+
+``engine.state.output["loss"]`` is the scalar loss (decollated into every item, as MONAI does), so
+MONAI's StatsHandler, MLflow and checkpoint handlers read it with ``from_engine(["loss"], first=True)``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.engines.utils import IterationEvents
+from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 from monai.utils.enums import CommonKeys as Keys
 
-__all__ = ["SSLTrainer", "SSLEvaluator", "val_loss_metric", "lower_is_better", "batch_loss"]
+__all__ = [
+    "SSLTrainer",
+    "SSLEvaluator",
+    "PrepareViews",
+    "SSLLoss",
+    "ViewsInferer",
+    "val_loss_metric",
+    "lower_is_better",
+    "batch_loss",
+]
 
 
-def _views(engine, batchdata: dict) -> list[torch.Tensor]:
-    """The views as plain tensors on the engine's device (MetaTensor dispatch makes every network
-    op an order of magnitude slower, and SSL needs no metadata)."""
-    missing = [k for k in engine.view_keys if k not in batchdata]
-    if missing:
-        raise KeyError(f"{type(engine).__name__}: batch has no view(s) {missing}; keys are {sorted(batchdata)}")
-    return [
-        convert_to_tensor(batchdata[k], track_meta=False).to(engine.state.device, non_blocking=engine.non_blocking)
-        for k in engine.view_keys
-    ]
+class PrepareViews(PrepareBatch):
+    """``prepare_batch`` for SSL: ``(views[0], None, tuple(views[1:]), {})``, the views being
+    ``batch[k] for k in view_keys`` as plain tensors on ``device`` (MetaTensor dispatch makes every
+    network op an order of magnitude slower, and SSL needs no metadata)."""
+
+    def __init__(self, view_keys: Sequence[str]):
+        if isinstance(view_keys, str) or not view_keys:
+            raise ValueError(f"view_keys must be a non-empty list of batch keys, got {view_keys!r}")
+        self.view_keys = list(view_keys)
+
+    def views(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs) -> list[torch.Tensor]:
+        if not isinstance(batchdata, dict):
+            raise TypeError(
+                f"SSL engines need dict batches with the views {self.view_keys}, got {type(batchdata).__name__}"
+            )
+        missing = [k for k in self.view_keys if k not in batchdata]
+        if missing:
+            raise KeyError(f"batch has no view(s) {missing}; keys are {sorted(batchdata)}")
+        return [
+            convert_to_tensor(batchdata[k], track_meta=False).to(device=device, non_blocking=non_blocking, **kwargs)
+            for k in self.view_keys
+        ]
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        views = self.views(batchdata, device, non_blocking, **kwargs)
+        return views[0], None, tuple(views[1:]), {}
+
+
+class SSLLoss:
+    """Adapts an SSL loss to MONAI's ``loss_function(pred, target)``: ``loss(*pred)`` for the tuple
+    of wrapper outputs, ``loss(pred)`` for a dict or a single tensor; ``target`` (None) is ignored."""
+
+    def __init__(self, loss: Callable):
+        self.loss = loss
+
+    def __call__(self, pred, target=None) -> torch.Tensor:
+        if isinstance(pred, (tuple, list)):
+            return self.loss(*pred)
+        return self.loss(pred)
+
+    def __repr__(self) -> str:
+        return f"SSLLoss({self.loss!r})"
+
+
+class ViewsInferer(Inferer):
+    """``network(inputs, *args, **kwargs)``; with ``amp`` on a non-CUDA device, under that device's
+    ``torch.autocast`` (``amp_kwargs``, e.g. ``{"dtype": torch.bfloat16}``). On CUDA MONAI's engines
+    already run the forward under ``torch.autocast("cuda", **amp_kwargs)``."""
+
+    def __init__(self, amp: bool = False, amp_kwargs: dict | None = None):
+        super().__init__()
+        self.amp = bool(amp)
+        self.amp_kwargs = dict(amp_kwargs or {})
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any):
+        device_type = inputs.device.type if isinstance(inputs, torch.Tensor) else "cpu"
+        if self.amp and device_type != "cuda":
+            with torch.autocast(device_type, **self.amp_kwargs):
+                return network(inputs, *args, **kwargs)
+        return network(inputs, *args, **kwargs)
+
+
+def _ssl_loss(loss_function: Callable) -> SSLLoss:
+    if loss_function is None:
+        raise ValueError("SSL engines need `loss_function`")
+    return loss_function if isinstance(loss_function, SSLLoss) else SSLLoss(loss_function)
 
 
 class SSLTrainer(SupervisedTrainer):
-    """Self-supervised trainer.
-
-    Each iteration: ``views = [batch[k] for k in view_keys]``, ``outputs = network(*views)``,
-    ``loss = loss_function(*outputs)`` (or ``loss_function(outputs)`` for a dict), backward, step.
+    """Self-supervised trainer: ``monai.engines.SupervisedTrainer`` whose iteration feeds
+    ``network(*views)`` and ``loss_function(*outputs)``.
 
     Args:
         view_keys: batch keys of the views (``MultiViewd`` names them ``image``, ``image_2``, …).
-        All other arguments are those of ``monai.engines.SupervisedTrainer``. As there, the output is
-        decollated into a list of per-sample dicts, each holding the batch loss, so MONAI's
-        handlers (``from_engine(["loss"], first=True)``) read it unchanged.
+        All other arguments are those of ``SupervisedTrainer`` and behave as there, e.g.
+        ``accumulation_steps`` (the loss is divided by it for the backward pass, the optimizer steps
+        every ``accumulation_steps`` iterations and at the end of each epoch;
+        ``engine.state.output["loss"]`` stays the unscaled batch loss), ``amp`` (on CUDA: autocast
+        and ``GradScaler``; on CPU: bfloat16 autocast, see :class:`ViewsInferer`), ``amp_kwargs``,
+        ``optim_set_to_none``, ``compile``. ``prepare_batch`` defaults to :class:`PrepareViews`, the
+        ``inferer`` to :class:`ViewsInferer`. ``engine.loss_function`` is the :class:`SSLLoss`
+        wrapper; the given loss is ``engine.loss_function.loss``.
     """
 
-    def __init__(self, *args, view_keys: Sequence[str] = ("image", "image_2"), **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        *args,
+        view_keys: Sequence[str] = ("image", "image_2"),
+        prepare_batch: Callable | None = None,
+        inferer: Inferer | None = None,
+        **kwargs,
+    ):
         self.view_keys = list(view_keys)
+        super().__init__(
+            device,
+            max_epochs,
+            train_data_loader,
+            network,
+            optimizer,
+            _ssl_loss(loss_function),
+            *args,
+            prepare_batch=PrepareViews(self.view_keys) if prepare_batch is None else prepare_batch,
+            inferer=inferer,
+            **kwargs,
+        )
+        if inferer is None:
+            self.inferer = ViewsInferer(self.amp, self.amp_kwargs)
+        self.add_event_handler(IterationEvents.MODEL_COMPLETED, _detach_loss)
 
-    def _iteration(self, engine: SSLTrainer, batchdata: dict) -> dict:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        device = engine.state.device
-        views = _views(engine, batchdata)
-        engine.state.output = {}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        device_type = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
-        with torch.autocast(device_type, enabled=bool(engine.amp), **engine.amp_kwargs):
-            outputs = engine.network(*views)
-            engine.state.output[Keys.PRED] = outputs
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            loss = engine.loss_function(outputs) if isinstance(outputs, dict) else engine.loss_function(*outputs)
-            engine.state.output[Keys.LOSS] = loss
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.amp and engine.scaler is not None:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        engine.state.output[Keys.LOSS] = loss.detach()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+
+def _detach_loss(engine) -> None:
+    """Without decollation MONAI leaves the loss attached to the spent graph; handlers want a value."""
+    output = engine.state.output
+    if isinstance(output, dict) and isinstance(output.get(Keys.LOSS), torch.Tensor):
+        output[Keys.LOSS] = output[Keys.LOSS].detach()
 
 
 class SSLEvaluator(SupervisedEvaluator):
-    """Validation for SSL: the same views → network → loss as :class:`SSLTrainer`, without
-    gradients and with the network in eval mode; ``engine.state.output["loss"]`` feeds the
-    ``val_loss`` metric (see :func:`val_loss_metric`)."""
+    """Validation for SSL: ``monai.engines.SupervisedEvaluator`` (eval mode, no gradients, amp as
+    in :class:`SSLTrainer`) feeding ``network(*views)``; the loss of the outputs is computed when
+    the forward completes (``IterationEvents.FORWARD_COMPLETED``, before any handler given here),
+    so ``engine.state.output["loss"]`` feeds the ``val_loss`` metric (see :func:`val_loss_metric`).
 
-    def __init__(self, *args, view_keys: Sequence[str] = ("image", "image_2"), loss_function=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if loss_function is None:
-            raise ValueError("SSLEvaluator needs `loss_function`")
+    Args:
+        view_keys: as for :class:`SSLTrainer`.
+        loss_function: the SSL loss (required).
+        All other arguments are those of ``SupervisedEvaluator``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader,
+        network: torch.nn.Module,
+        *args,
+        view_keys: Sequence[str] = ("image", "image_2"),
+        loss_function: Callable | None = None,
+        prepare_batch: Callable | None = None,
+        inferer: Inferer | None = None,
+        val_handlers: Sequence | None = None,
+        **kwargs,
+    ):
+        loss = _ssl_loss(loss_function)
         self.view_keys = list(view_keys)
-        self.loss_function = loss_function
+        super().__init__(
+            device,
+            val_data_loader,
+            network,
+            *args,
+            prepare_batch=PrepareViews(self.view_keys) if prepare_batch is None else prepare_batch,
+            inferer=inferer,
+            **kwargs,
+        )
+        if inferer is None:
+            self.inferer = ViewsInferer(self.amp, self.amp_kwargs)
+        self.loss_function = loss
+        self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._compute_loss)
+        if val_handlers is not None:  # after the loss, so that handlers of the forward see it
+            self._register_handlers(val_handlers)
 
-    def _iteration(self, engine: SSLEvaluator, batchdata: dict) -> dict:
-        device = engine.state.device
-        views = _views(engine, batchdata)
-        engine.network.eval()
+    @staticmethod
+    def _compute_loss(engine: SSLEvaluator) -> None:
         with torch.no_grad():
-            outputs = engine.network(*views)
-            loss = engine.loss_function(outputs) if isinstance(outputs, dict) else engine.loss_function(*outputs)
-        engine.state.output = {Keys.PRED: outputs, Keys.LOSS: loss.detach()}
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+            loss = engine.loss_function(engine.state.output[Keys.PRED], engine.state.output.get(Keys.LABEL))
+        engine.state.output[Keys.LOSS] = loss.detach().mean()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
 
 def val_loss_metric():

@@ -1,0 +1,271 @@
+"""The SSL engines are MONAI's SupervisedTrainer / SupervisedEvaluator fed views (defect 12):
+gradient accumulation, amp in the evaluator, ``output["loss"]``, plain-tensor views."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import MetaTensor
+from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver, StatsHandler, ValidationHandler, from_engine
+from torch import nn
+from torch.utils.data import DataLoader
+
+from monai_ssl_ext.engines import SSLEvaluator, SSLTrainer, lower_is_better, val_loss_metric
+from monai_ssl_ext.engines.ssl_trainer import batch_loss
+from monai_ssl_ext.handlers import GradientClip
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class _Pair(nn.Module):
+    """An SSL-style wrapper without batch-dependent layers: one linear map applied to each view.
+    Records, per forward, whether autocast was on, the dtype the layer computed in, whether
+    gradients were on and the mode; and the types of the views it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(4, 3)
+        self.seen: list[tuple] = []
+        self.view_types: list[tuple] = []
+
+    def forward(self, *views):
+        outs = tuple(self.f(v) for v in views)
+        self.seen.append((torch.is_autocast_enabled(views[0].device.type), outs[0].dtype, torch.is_grad_enabled(),
+                          self.training))
+        self.view_types.append(tuple(type(v) for v in views))
+        return outs
+
+
+def _pair_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """A per-sample loss averaged over the batch (nothing couples the samples)."""
+    z1, z2 = z1.float(), z2.float()
+    return (((z1 * z2).sum(1) - 1.0) ** 2).mean() + 0.1 * (z1**2).mean()
+
+
+def _data(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randn(4, generator=g), "image_2": torch.randn(4, generator=g)} for _ in range(n)]
+
+
+def _trainer(net, data, batch_size, lr=0.1, **kwargs):
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    trainer = SSLTrainer(
+        view_keys=["image", "image_2"], device=torch.device(kwargs.pop("device", "cpu")),
+        max_epochs=kwargs.pop("max_epochs", 1), train_data_loader=DataLoader(data, batch_size=batch_size, shuffle=False), network=net, optimizer=opt,
+        loss_function=_pair_loss, **kwargs,
+    )
+    steps: list[int] = []
+    opt.register_step_post_hook(lambda *_: steps.append(trainer.state.iteration))
+    losses: list[float] = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: losses.append(float(batch_loss(e.state.output))),
+    )
+    return trainer, steps, losses
+
+
+# ---- (a) gradient accumulation --------------------------------------------------------------
+
+
+def test_gradient_accumulation_equals_one_step_on_the_concatenated_batch():
+    torch.manual_seed(0)
+    net0 = _Pair()
+    data = _data(16)
+
+    full = copy.deepcopy(net0)
+    trainer, steps_full, _ = _trainer(full, data, batch_size=16)
+    trainer.run()
+    assert steps_full == [1]
+
+    acc = copy.deepcopy(net0)
+    trainer, steps_acc, losses = _trainer(acc, data, batch_size=4, accumulation_steps=4)
+    trainer.run()
+    assert trainer.state.iteration == 4
+    assert steps_acc == [4]  # the optimizer stepped once, after the 4th mini-batch
+    for a, b in zip(acc.parameters(), full.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(a, b) for a, b in zip(acc.parameters(), net0.parameters()))
+
+    # output["loss"] is the unscaled loss of each mini-batch (the parameters did not move in between)
+    with torch.no_grad():
+        for i, loss in enumerate(losses):
+            batch = data[4 * i : 4 * i + 4]
+            x1 = torch.stack([d["image"] for d in batch])
+            x2 = torch.stack([d["image_2"] for d in batch])
+            assert loss == pytest.approx(float(_pair_loss(*net0(x1, x2))), rel=1e-5)
+
+
+def test_gradient_accumulation_steps_every_k_iterations_and_flushes_each_epoch():
+    """6 iterations per epoch, accumulation over 4: steps after iterations 4 and 6 (the end-of-epoch
+    flush, so no gradient is dropped), then 10 and 12 — and gradients are zeroed only at the start of
+    each group (``optim_set_to_none`` honoured)."""
+    torch.manual_seed(1)
+    net = _Pair()
+    trainer, steps, _ = _trainer(net, _data(12, seed=2), batch_size=2, accumulation_steps=4, max_epochs=2,
+                                 optim_set_to_none=True)
+    grads_before_backward: list[bool] = []
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED,
+                              lambda e: grads_before_backward.append(net.f.weight.grad is not None))
+    trainer.run()
+    assert trainer.state.iteration == 12
+    assert steps == [4, 6, 10, 12]
+    # None (set_to_none) at the first iteration of every accumulation group, accumulated otherwise
+    assert grads_before_backward == [False, True, True, True, False, True] * 2
+
+
+# ---- (b) amp in the evaluator ---------------------------------------------------------------
+
+
+def _autocast_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device == "cuda" else torch.bfloat16  # torch.autocast's defaults
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp", [True, False])
+def test_evaluator_runs_forward_under_autocast_only_with_amp(device, amp):
+    torch.manual_seed(0)
+    net = _Pair().to(device)
+    evaluator = SSLEvaluator(
+        view_keys=["image", "image_2"], device=torch.device(device),
+        val_data_loader=DataLoader(_data(8), batch_size=4), network=net, loss_function=_pair_loss,
+        key_val_metric={"val_loss": val_loss_metric()}, amp=amp,
+    )
+    evaluator.run()
+    assert len(net.seen) == 2
+    expected = (True, _autocast_dtype(device)) if amp else (False, torch.float32)
+    for autocast, dtype, grad, training in net.seen:
+        assert (autocast, dtype) == expected
+        assert not grad and not training  # eval mode, no gradients, as MONAI's evaluator does
+    loss = from_engine(["loss"], first=True)(evaluator.state.output)
+    assert torch.as_tensor(loss).ndim == 0 and torch.isfinite(torch.as_tensor(loss))
+    assert evaluator.state.metrics["val_loss"] == pytest.approx(
+        float(_mean_loss(net, _data(8), device)), rel=2e-2 if amp else 1e-5
+    )
+
+
+def _mean_loss(net, data, device):
+    with torch.no_grad():
+        losses = []
+        for i in range(0, len(data), 4):
+            x1 = torch.stack([d["image"] for d in data[i : i + 4]]).to(device)
+            x2 = torch.stack([d["image_2"] for d in data[i : i + 4]]).to(device)
+            losses.append(_pair_loss(net.f(x1), net.f(x2)))
+    return torch.stack(losses).mean()
+
+
+# ---- (c) the trainer with amp, output["loss"] -----------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp", [True, False])
+def test_trainer_amp_flag_and_scalar_loss(device, amp):
+    torch.manual_seed(0)
+    net = _Pair().to(device)
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer, steps, losses = _trainer(net, _data(8), batch_size=4, amp=amp, device=device)
+    trainer.run()
+    assert steps == [1, 2] and len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    expected = (True, _autocast_dtype(device)) if amp else (False, torch.float32)
+    assert all((s[0], s[1]) == expected and s[2] and s[3] for s in net.seen)  # autocast iff amp, training
+    assert not any(torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    out = trainer.state.output
+    assert isinstance(out, list) and len(out) == 4  # decollated, every item holds the batch loss
+    assert all(float(o["loss"]) == pytest.approx(losses[-1]) for o in out)
+    assert from_engine(["loss"], first=True)(out) == pytest.approx(losses[-1])  # what StatsHandler / MLflow read
+    assert all(not isinstance(o["loss"], torch.Tensor) or not o["loss"].requires_grad for o in out)
+
+
+def test_trainer_without_decollate_keeps_the_scalar_loss():
+    net = _Pair()
+    trainer, _, _ = _trainer(net, _data(4), batch_size=4, decollate=False)
+    trainer.run()
+    loss = trainer.state.output["loss"]
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad
+
+
+# ---- views ------------------------------------------------------------------------------------
+
+
+def test_views_reach_the_network_in_order_as_plain_tensors():
+    """MetaTensor views are stripped to tensors (MetaTensor dispatch slows SSL steps ~10×); three
+    views (image, image_2, gt_image, as ViTAutoEncoderSSL takes them) arrive as three arguments."""
+
+    class Three(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+            self.got: list = []
+
+        def forward(self, a, b, c):
+            self.got.append((type(a), type(b), type(c), a[0, 0].item(), b[0, 0].item(), c[0, 0].item()))
+            return a * self.w, b * self.w, c * self.w
+
+    data = [{"image": MetaTensor(torch.full((2,), 1.0)), "image_2": MetaTensor(torch.full((2,), 2.0)),
+             "gt_image": torch.full((2,), 3.0)} for _ in range(2)]
+    net = Three()
+    trainer = SSLTrainer(
+        view_keys=["image", "image_2", "gt_image"], device=torch.device("cpu"), max_epochs=1,
+        train_data_loader=DataLoader(data, batch_size=2), network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=lambda a, b, c: ((a - c) ** 2 + b).mean(),
+    )
+    trainer.run()
+    assert net.got == [(torch.Tensor, torch.Tensor, torch.Tensor, 1.0, 2.0, 3.0)]
+
+
+def test_missing_view_is_named():
+    net = _Pair()
+    trainer = SSLTrainer(
+        view_keys=["image", "image_3"], device=torch.device("cpu"), max_epochs=1,
+        train_data_loader=DataLoader(_data(2), batch_size=2), network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=_pair_loss,
+    )
+    with pytest.raises(KeyError, match="image_3"):
+        trainer.run()
+
+
+# ---- the bundles' wiring ----------------------------------------------------------------------
+
+
+def test_bundle_wiring_trainer_validation_checkpoint_and_grad_clip(tmp_path):
+    """simclr_cholec's train.json shape: SSLTrainer with ValidationHandler and StatsHandler,
+    SSLEvaluator with the val_loss key metric (lower is better) and a best-checkpoint saver; a
+    handler on BACKWARD_COMPLETED (GradientClip) still runs before each optimizer step."""
+    torch.manual_seed(0)
+    net = _Pair()
+    evaluator = SSLEvaluator(
+        view_keys=["image", "image_2"], device=torch.device("cpu"), val_data_loader=DataLoader(_data(4), batch_size=2),
+        network=net, loss_function=_pair_loss, key_val_metric={"val_loss": val_loss_metric()},
+        metric_cmp_fn=lower_is_better,
+        val_handlers=[StatsHandler(iteration_log=False),
+                      CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+                                      key_metric_negative_sign=True, key_metric_filename="best.pt")],
+        amp=False,
+    )
+    seen_loss_at_forward: list[bool] = []
+    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED,
+                                lambda e: seen_loss_at_forward.append("loss" in e.state.output))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    trainer = SSLTrainer(
+        view_keys=["image", "image_2"], device=torch.device("cpu"), max_epochs=3, epoch_length=2,
+        train_data_loader=DataLoader(_data(8, seed=5), batch_size=4), network=net, optimizer=opt,
+        loss_function=_pair_loss,
+        train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
+                        StatsHandler(tag_name="train_loss", output_transform=from_engine(["loss"], first=True))],
+        amp=False,
+    )
+    clip = GradientClip(max_norm=1e6)
+    clip.attach(trainer)
+    trainer.run()
+    assert clip.last_norm is not None and clip.last_norm > 0
+    assert seen_loss_at_forward and all(seen_loss_at_forward)
+    assert evaluator.state.best_metric < float("inf") and 1 <= evaluator.state.best_metric_epoch <= 3
+    assert (tmp_path / "best.pt").is_file()
+
+
+def test_evaluator_requires_a_loss():
+    with pytest.raises(ValueError, match="loss_function"):
+        SSLEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(_data(2)), network=_Pair())
