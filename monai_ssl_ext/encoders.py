@@ -39,6 +39,8 @@ __all__ = [
     "export_encoder",
     "read_encoder",
     "is_random_init",
+    "is_baseline_init",
+    "encoder_learning_rate",
     "resolve_weight_spec",
     "map_encoder_keys",
     "load_encoder",
@@ -176,6 +178,20 @@ def is_random_init(spec) -> bool:
     """True for the weight specs that mean random initialisation: null, "", "none", "null",
     "random" (the strings, because MONAI's CLI cannot pass a None override)."""
     return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random"))
+
+
+def is_baseline_init(spec) -> bool:
+    """True for the comparison baselines of a finetuning run: random initialisation or supervised
+    ImageNet weights (``timm:<name>``); False for a self-supervised ``encoder.pt``."""
+    return is_random_init(spec) or (isinstance(spec, str) and spec.strip().startswith("timm:"))
+
+
+def encoder_learning_rate(spec, ssl_lr: float, baseline_lr: float) -> float:
+    """The encoder's learning rate in source A's tool segmentation (SPEC A.4): a loaded
+    self-supervised encoder trains at ``ssl_lr`` (1e-5, ``generate_param_groups``) under a decoder
+    at ``baseline_lr`` (1e-4); the random and ImageNet baselines train every parameter at
+    ``baseline_lr`` (``--exp imagenet``: Adam 1e-4 on all params)."""
+    return float(baseline_lr if is_baseline_init(spec) else ssl_lr)
 
 
 def resolve_weight_spec(spec: str | None) -> tuple[str, dict] | None:

@@ -186,9 +186,21 @@ def test_perc_subset_is_seeded(demo):
     assert _parser(["train.json"], {"dataset_dir": str(demo)}).get_parsed_content("train#datalist") == full
 
 
+@pytest.fixture(scope="module")
+def ssl_encoder(tmp_path_factory):
+    from monai_ssl_ext.encoders import export_encoder
+    from monai_ssl_ext.networks import build_backbone
+
+    path = tmp_path_factory.mktemp("enc") / "encoder.pt"
+    export_encoder(build_backbone("efficientnet-b0"), str(path), method="simclr",
+                   normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
+    return str(path)
+
+
 @pytest.mark.parametrize("freeze", [False, True, "true", "false"])  # strings: `--freeze true` on the CLI
-def test_learning_rates_and_freeze(tmp_path, freeze):
-    parser = _parser(["train.json"], {"bundle_root": str(tmp_path), "freeze": freeze})
+def test_learning_rates_and_freeze(tmp_path, freeze, ssl_encoder):
+    """SPEC A.4: a SimCLR encoder at 1e-5 under a 1e-4 decoder; --freeze: Adam 1e-5 on the rest."""
+    parser = _parser(["train.json"], {"bundle_root": str(tmp_path), "freeze": freeze, "pretrained_encoder": ssl_encoder})
     parser.get_parsed_content("initialize")
     net = parser.get_parsed_content("network_def")
     opt = parser.get_parsed_content("optimizer")
@@ -201,6 +213,25 @@ def test_learning_rates_and_freeze(tmp_path, freeze):
     else:
         assert all(p.requires_grad for p in net.parameters())
         assert groups == [(enc, 1e-5), (dec, 1e-4)]
+
+
+@pytest.mark.parametrize("spec", [None, "random"])
+def test_baselines_train_everything_at_the_decoder_rate(tmp_path, spec):
+    """SPEC A.4: the random / ImageNet baselines train all parameters at 1e-4 (ImageNet's
+    spec, timm:<name>, goes through the same rule: see test_encoders' encoder_learning_rate)."""
+    parser = _parser(["train.json"], {"bundle_root": str(tmp_path), "pretrained_encoder": spec})
+    net = parser.get_parsed_content("network_def")
+    opt = parser.get_parsed_content("optimizer")
+    assert {g["lr"] for g in opt.param_groups} == {1e-4}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+
+
+def test_encoder_learning_rate_rule():
+    from monai_ssl_ext.encoders import encoder_learning_rate
+
+    for spec in (None, "null", "random", "timm:tf_efficientnet_b0"):
+        assert encoder_learning_rate(spec, ssl_lr=1e-5, baseline_lr=1e-4) == 1e-4
+    assert encoder_learning_rate("/runs/simclr/models/encoder.pt", ssl_lr=1e-5, baseline_lr=1e-4) == 1e-5
 
 
 # ---------------------------------------------------------------------------- workflows
