@@ -1,5 +1,6 @@
 """Label-efficiency sweep: run a finetuning bundle over label budgets × initialisations × seeds,
-track every run in one MLflow store, and write a table and a plot of metric vs label budget.
+report the TEST-set score of the checkpoint selected on validation, track every run in one MLflow
+store, and write a table and a plot of test metric vs label budget.
 
 Usage (from the repository root)::
 
@@ -10,60 +11,75 @@ Usage (from the repository root)::
         --inits '{"random": null, "simclr": "runs/simclr_cholec/models/encoder.pt",
                   "imagenet": {"pretrained_encoder": "timm:tf_efficientnet_b0",
                                "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}}' \\
-        --metric val_mean_iou --budget_label "% of training images" \\
+        --budget_label "% of training images" \\
         --out_dir runs/label_efficiency/tools --dataset_dir data/tools --epochs 20
-
-    # the same, with the test-set score of evaluate.json reported instead of the best validation score
-    python scripts/label_efficiency.py --bundle flexibleunet_tools --budget_key perc --budgets "[10,100]" \\
-        --inits '{"random": null, "simclr": "runs/simclr_cholec/models/encoder.pt"}' --seeds "[0,1]" \\
-        --evaluate evaluate.json --out_dir runs/label_efficiency/tools_test --dataset_dir data/tools
 
     # tiny smoke sweep on demo data (python scripts/make_demo_data.py tools --out_dir data/demo/tools)
     python scripts/label_efficiency.py --bundle flexibleunet_tools --budget_key perc --budgets "[50,100]" \\
         --inits '{"random": null}' --seeds "[0,1]" --overrides "['smoke.json']" \\
         --dataset_dir data/demo/tools --out_dir runs/label_efficiency/smoke
 
-    # planned: unet_acdc data-efficiency protocol (SPEC D.2): random slice fractions; one seed sets
-    # both the training seed and the subset seed; x axis = number of labelled slices
+    # unet_acdc data-efficiency protocol (SPEC D.2): random slice fractions; one seed sets both the
+    # training seed and the subset seed; x axis = number of labelled slices
     python scripts/label_efficiency.py --bundle unet_acdc --budget_key subset_ratio \\
         --budgets "[0.01,0.1,1.0]" --seed_key "['seed','subset_seed']" --seeds "[0,13,42]" \\
         --inits '{"random": null, "imagenet": "timm:resnet50", "byol_acdc": "runs/byol_acdc/models/encoder.pt"}' \\
-        --metric val_mean_iou --budget_to_x "{0.01: 15, 0.1: 150, 1.0: 1498}" \\
+        --budget_to_x "{0.01: 15, 0.1: 150, 1.0: 1498}" \\
         --budget_label "labelled training slices" --logx --out_dir runs/label_efficiency/acdc
 
-Add ``--dry_run`` to check the keys and print the planned runs without running anything.
+Add ``--dry_run`` to check the keys and metric names and print the planned runs without running anything.
+
+What is reported. Validation only SELECTS: the bundle's CheckpointSaver keeps the
+best-validation ``model.pt`` of each run. The sweep then runs the bundle's ``evaluate`` config
+(default ``evaluate.json``) on that checkpoint and reports its evaluator's final ``test_metric``
+(default: the validation metric with ``val_`` replaced by ``test_``, e.g. ``val_mean_iou`` →
+``test_mean_iou``; an error naming ``--test_metric`` if the evaluate config computes no such
+metric, checked before anything runs where the config names its metrics, and after the evaluate run
+otherwise). ``metric`` is the validation metric (default: the bundle's ``validate#key_metric``, the
+one the checkpoint is selected on); its best value over the run's MLflow history (max; min with
+``--minimize``) is kept as the secondary column ``best_val_value``. When the evaluate config
+evaluates the same ``validate#datalist`` as training's validation (no held-out test split, e.g.
+BTCV, whose test labels are not public), the sweep warns and says so in ``summary.md``.
+``eval_overrides`` (a dict and/or config files) apply to the evaluate run only, e.g. to point it
+at another test list.
 
 How it runs. Each (budget, init, seed) is one ordinary bundle run (``monai.bundle.create_workflow``
 + ``run`` + ``finalize``, i.e. ``monai.bundle.run`` keeping the workflow handle, with
 ``--tracking mlflow``) of ``configs`` (default ``train.json``) + the config files in
-``overrides``, with these ids overridden:
+``overrides``, then, in the same process and on the same ``output_dir``, the evaluate run of
+``configs`` + ``evaluate`` + ``overrides`` + ``eval_overrides`` (no tracking), with these ids
+overridden:
 
 * ``<budget_key>`` = budget, ``<init_key>`` (default ``pretrained_encoder``) = the init's weight
   spec, every id in ``seed_key`` = seed;
-* ``output_dir`` = ``<out_dir>/runs/<init>/<budget_key><budget>/seed<seed>`` (checkpoints and logs
-  of the run; ``bundle_root`` and with it the default ``dataset_dir`` are left alone);
+* ``output_dir`` = ``<out_dir>/runs/<init>/<budget_key><budget>/seed<seed>`` (checkpoints, logs
+  and the evaluate run's ``eval/`` of the run; ``bundle_root`` and with it the default
+  ``dataset_dir`` are left alone);
 * ``tracking_uri`` = ``<out_dir>/mlruns.db`` (all runs in one store), ``experiment_name`` =
   ``<bundle>-label-efficiency``, ``run_name`` = ``<init>-<budget_key><budget>-seed<seed>``;
 * ``resume`` = False where the bundle defines it, and the run folder is emptied first: every run
   starts fresh, unless ``--skip_done`` and the run's ``label_efficiency.json`` (written when the run
   finished) holds a result for the same settings, in which case the run is skipped.
 
-The reported value of a run: without ``evaluate``, the best value (max; min with ``--minimize``)
-of the MLflow metric ``metric`` over the run's history (the bundle's validation metric, logged
-every ``val_interval`` epochs); with ``evaluate`` (e.g. ``evaluate.json``), that config is run
-after training on the same output_dir (it loads the best checkpoint), and the value is its
-evaluator's final ``eval_metric`` (default: ``metric``). Each run gets MLflow params
-``sweep_init``, ``sweep_init_spec``, ``sweep_budget_key``, ``sweep_budget``, ``sweep_seed``
-(+ ``sweep_x``), the metric ``sweep_<metric>`` (the reported value) and, with ``evaluate``, the
-evaluator's metrics as ``eval_<name>``.
+MLflow. Each sweep invocation opens a summary run ``label-efficiency-summary`` (tag
+``sweep_role=summary``) in the experiment; every cell's run is its child (``mlflow.parentRunId``)
+with params ``sweep_init``, ``sweep_init_spec``, ``sweep_budget_key``, ``sweep_budget``,
+``sweep_seed`` (+ ``sweep_x``), ``sweep_test_metric``, ``sweep_val_metric``, ``sweep_evaluate``;
+the bundle logs the validation history (``val_*``); the sweep adds the evaluate run's metrics
+under test names (``test_*`` as computed, any other name ``k`` as ``test_<k>``, so never as a
+``val_`` metric), ``best_<metric>`` (the selection value), and the evaluate run's ``eval/`` folder
+as artifacts. The summary run gets the sweep's params, ``<test_metric>.mean|std|n.<init>.<budget_key><budget>``
+metrics and the artifacts ``results.csv``, ``summary.md`` and ``label_efficiency.png``.
 
-Outputs in ``out_dir``: ``results.csv`` (one row per run), ``summary.md`` (rows = budgets, columns
-= inits, mean ± sample std over seeds), ``label_efficiency.png`` (metric vs budget or
-``budget_to_x``, one line per init, ±1 std error bars, inits offset by about 1% of the x range so
-that overlapping bars stay visible), ``mlruns.db`` (+ ``mlruns/`` artifacts), ``runs/`` (per-run
-outputs, each with ``label_efficiency.json``). A failed run is marked FAILED in MLflow and stops the
-sweep; ``results.csv`` keeps the runs finished so far, and ``--skip_done`` continues from there.
-On a small shared CPU, tiny (smoke) runs are several times faster with ``OMP_NUM_THREADS=1``.
+Outputs in ``out_dir``: ``results.csv`` (one row per run: ``test_metric``, ``test_value``,
+``val_metric``, ``best_val_value``, ...), ``summary.md`` (rows = budgets, columns = inits, test
+mean ± sample std over seeds), ``label_efficiency.png`` (test metric vs budget or ``budget_to_x``,
+one line per init, ±1 std error bars, inits offset by about 1% of the x range so that overlapping
+bars stay visible), ``mlruns.db`` (+ ``mlruns/`` artifacts), ``runs/`` (per-run outputs, each with
+``label_efficiency.json``). A failed run is marked FAILED in MLflow (and so is the summary run,
+which still gets the ``results.csv`` of the runs finished so far) and stops the sweep;
+``--skip_done`` continues from there. On a small shared CPU, tiny (smoke) runs are several times
+faster with ``OMP_NUM_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -81,6 +97,7 @@ import sys
 import time
 import tokenize
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import fire
@@ -88,7 +105,9 @@ import fire
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = ROOT / "bundles"
 RESULT_FILE = "label_efficiency.json"
-CSV_FIELDS = ["init", "budget", "x", "seed", "metric", "value", "run_id", "run_name", "output_dir"]
+CSV_FIELDS = ["init", "budget", "x", "seed", "test_metric", "test_value", "val_metric", "best_val_value",
+              "run_id", "run_name", "output_dir"]
+SUMMARY_RUN = "label-efficiency-summary"
 # ids the sweep sets itself: user overrides must not touch them
 _SWEEP_IDS = ("output_dir", "tracking_uri", "experiment_name", "run_name")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -247,7 +266,7 @@ def _runs_named(client, exp_id: str, name: str) -> list:
     return client.search_runs([exp_id], filter_string=f"attributes.run_name = '{safe}'", max_results=1000)
 
 
-def _open_run(client, exp_id: str, name: str, params: dict) -> str:
+def _open_run(client, exp_id: str, name: str, params: dict, tags: dict | None = None) -> str:
     """Create this cell's MLflow run (the bundle's MLFlowHandler attaches to the unfinished run of
     the same name). Earlier unfinished runs of that name (killed sweeps) would be picked up instead:
     mark them failed and rename them ``<name>-stale-<id>``."""
@@ -255,7 +274,7 @@ def _open_run(client, exp_id: str, name: str, params: dict) -> str:
         if old.info.status != "FINISHED":
             client.set_terminated(old.info.run_id, status="FAILED")
             client.update_run(old.info.run_id, name=f"{name}-stale-{old.info.run_id[:8]}")
-    run = client.create_run(exp_id, run_name=name, tags={"sweep": "label_efficiency"})
+    run = client.create_run(exp_id, run_name=name, tags={"sweep": "label_efficiency", **(tags or {})})
     from mlflow.entities import Param
 
     client.log_batch(run.info.run_id, params=[Param(k, "null" if v is None else str(v)) for k, v in params.items()])
@@ -267,7 +286,7 @@ def _best_from_history(client, run_id: str, metric: str, minimize: bool) -> floa
     if not history:
         have = sorted(client.get_run(run_id).data.metrics)
         raise SweepError(
-            f"MLflow run {run_id} has no metric {metric!r} (it has {have}); pass --metric with one of them"
+            f"MLflow run {run_id} has no validation metric {metric!r} (it has {have}); pass --metric with one of them"
         )
     values = [m.value for m in history if math.isfinite(m.value)]
     if not values:
@@ -309,6 +328,56 @@ def _run_workflow(files: list[str], bundle_dir: Path, tracking: str | None, pair
     return wf
 
 
+def _test_name(name: str) -> str:
+    """MLflow name of an evaluate-run metric: ``test_*`` as is, anything else ``test_<name>``
+    (never the bundle's own ``val_*`` name, which holds the validation history)."""
+    return name if name.startswith("test_") else f"test_{name}"
+
+
+def _metric_names(parser) -> list[str] | None:
+    """The metric names of ``validate#key_metric`` + ``validate#additional_metrics`` of an
+    unresolved config, key metric first; None where the config does not spell them as dicts."""
+    names = []
+    for key in ("validate#key_metric", "validate#additional_metrics"):
+        if key not in parser:
+            if key == "validate#key_metric":
+                return None
+            continue
+        value = parser.get(key)
+        if not isinstance(value, dict):
+            return None
+        names += [str(k) for k in value]
+    return names
+
+
+def _metric_def(parser, name: str) -> dict | None:
+    """What defines metric ``name`` in ``validate#key_metric`` / ``validate#additional_metrics``
+    (its config less ``output_transform`` / ``save_details``); None where not spelled as a dict."""
+    for group in ("validate#key_metric", "validate#additional_metrics"):
+        value = _raw(parser, group)
+        if isinstance(value, dict) and isinstance(value.get(name), dict):
+            return {k: v for k, v in value[name].items() if k not in ("output_transform", "save_details")}
+    return None
+
+
+def _raw(parser, key: str) -> Any:
+    return parser.get(key) if key in parser else None
+
+
+_REF_RE = re.compile(r"[@%]([A-Za-z_][\w#]*)")
+
+
+def _same_config(a, b, key: str, depth: int = 6) -> bool:
+    """Whether ``key`` is spelled the same in the unresolved configs ``a`` and ``b``, and so are the
+    ids it references (``@id``), recursively: then both resolve to the same value."""
+    if _raw(a, key) != _raw(b, key):
+        return False
+    if depth == 0:
+        return True
+    refs = set(_REF_RE.findall(json.dumps(_raw(a, key), default=str)))
+    return all(_same_config(a, b, ref, depth - 1) for ref in refs if ref != key)
+
+
 def _evaluator_metrics(wf) -> dict:
     """Final metrics of the evaluator that the evaluate config ran."""
     from monai.engines import Evaluator
@@ -336,7 +405,7 @@ def aggregate(rows: list[dict], budgets: list, inits: list[str]) -> dict:
     out = {}
     for b in budgets:
         for i in inits:
-            vals = [r["value"] for r in rows if str(r["budget"]) == str(b) and r["init"] == i]
+            vals = [float(r["test_value"]) for r in rows if str(r["budget"]) == str(b) and r["init"] == i]
             vals = [v for v in vals if math.isfinite(v)]
             if not vals:
                 continue
@@ -346,7 +415,10 @@ def aggregate(rows: list[dict], budgets: list, inits: list[str]) -> dict:
     return out
 
 
-def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x=None, budget_label=None, title=None) -> str:
+def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x=None, budget_label=None, title=None,
+                     notes=None) -> str:
+    """Markdown table of the rows' ``test_value``: mean ± sample std over seeds per (budget, init),
+    then ``notes`` (lines)."""
     stats = aggregate(rows, budgets, inits)
     head = [budget_key] + ([budget_label or "x"] if budget_to_x else []) + list(inits)
     lines = []
@@ -366,6 +438,8 @@ def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x
                 cell = f"{_fmt(s[0])} ± {_fmt(s[1])}"
                 cells.append(cell if s[2] == len(n_seeds) else f"{cell} ({s[2]})")
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
 
 
@@ -432,13 +506,14 @@ def sweep(
     seeds: Any = (0,),
     seed_key: Any = "seed",
     init_key: str = "pretrained_encoder",
-    metric: str = "val_mean_iou",
+    metric: str | None = None,
+    test_metric: str | None = None,
     minimize: bool = False,
     out_dir: str = "runs/label_efficiency",
     overrides: Any = None,
     configs: Any = ("train.json",),
-    evaluate: str | None = None,
-    eval_metric: str | None = None,
+    evaluate: str | None = "evaluate.json",
+    eval_overrides: Any = None,
     budget_label: str | None = None,
     budget_to_x: Any = None,
     logx: bool = False,
@@ -447,8 +522,10 @@ def sweep(
     dry_run: bool = False,
     **config_overrides: Any,
 ) -> dict:
-    """Run ``bundle`` over ``budgets`` × ``inits`` × ``seeds``; returns
-    ``{"rows": [...], "summary": markdown, "results_csv", "summary_md", "plot", "tracking_uri", "experiment"}``.
+    """Run ``bundle`` over ``budgets`` × ``inits`` × ``seeds``, report each run's test score;
+    returns ``{"rows": [...], "summary": markdown, "results_csv", "summary_md", "plot",
+    "tracking_uri", "experiment", "summary_run_id", "metric", "test_metric", "budget_key",
+    "eval_on_validation_data"}``.
 
     Args:
         bundle: bundle name under ``bundles/`` or a path to a bundle folder.
@@ -460,13 +537,19 @@ def sweep(
             "timm:tf_efficientnet_b0", "normalization": {...ImageNet mean/std...}}``).
         seeds: seeds; each sets every id in ``seed_key`` (a key or a list of keys).
         init_key: config id that takes the weight spec (default ``pretrained_encoder``).
-        metric: MLflow metric reported (best over the run's history: max, or min with ``minimize``).
+        metric: the VALIDATION metric (MLflow history of the training run; default: the bundle's
+            ``validate#key_metric``, the one its CheckpointSaver selects ``model.pt`` on). Its best
+            value (max, or min with ``minimize``) goes to the secondary column ``best_val_value``.
+        test_metric: the reported metric, computed by the ``evaluate`` run on the selected
+            checkpoint (default: ``metric`` with ``val_`` → ``test_``, e.g. ``test_mean_iou``).
         out_dir: folder for results.csv, summary.md, label_efficiency.png, mlruns.db and runs/.
         overrides: extra config overrides for every run: a dict (``{"epochs": 20}``), and/or a list
             of config files merged after ``configs`` (``["smoke.json"]``).
         configs: the bundle's config files to run (default ``["train.json"]``).
-        evaluate: a config run after training on top of ``configs`` (e.g. ``evaluate.json``); the
-            reported value is then its evaluator's final ``eval_metric`` (default ``metric``).
+        evaluate: the config run after training on top of ``configs`` (default ``evaluate.json``);
+            it loads the run's best-validation ``model.pt`` and evaluates the test data.
+        eval_overrides: overrides (dict and/or config files) for the evaluate run only, e.g.
+            ``{"validate#datalist": "$monai_ssl_ext.data.load_datalist('other.json', 'test')"}``.
         budget_label: x-axis label (default ``budget_key``, or "x" with ``budget_to_x``).
         budget_to_x: ``{budget: x}`` to plot budgets as other numbers (e.g. labelled slices).
         logx: log-scale x axis.
@@ -476,6 +559,8 @@ def sweep(
         config_overrides: further ``--id value`` pairs, merged into ``overrides``
             (``--dataset_dir data/tools --epochs 20``).
     """
+    if "eval_metric" in config_overrides:
+        raise SweepError("eval_metric was renamed: pass --test_metric (the evaluate run's metric to report)")
     bundle_dir = resolve_bundle(bundle)
     bundle_name = bundle_dir.name
     budgets = _as_list(budgets, "budgets")
@@ -505,12 +590,16 @@ def sweep(
                 raise SweepError(f"budget_to_x has no (numeric) entry for budget {b!r}: {budget_to_x}") from None
     if len({str(b) for b in budgets}) != len(budgets) or len({str(s) for s in seeds}) != len(seeds):
         raise SweepError(f"budgets and seeds must be distinct: budgets={budgets}, seeds={seeds}")
+    if _null_spec(evaluate) or evaluate is False:
+        raise SweepError("the sweep reports the test score of the best-validation checkpoint: "
+                         "--evaluate must name the bundle's evaluate config (default evaluate.json)")
 
     # files and overrides, then check every key against the merged config before running anything
     config_files = [_config_path(bundle_dir, c, "config") for c in _as_list(configs, "configs")]
     extra_files, pairs = _split_overrides(overrides, bundle_dir)
     pairs.update(config_overrides)
-    eval_file = _config_path(bundle_dir, evaluate, "evaluate config") if evaluate else None
+    eval_file = _config_path(bundle_dir, evaluate, "evaluate config")
+    eval_extra_files, eval_pairs_user = _split_overrides(eval_overrides, bundle_dir)
     parser = _read_parser(config_files + extra_files)
     where = f"bundle {bundle_name!r} ({', '.join(Path(f).name for f in config_files + extra_files)})"
     for what, key in [("budget_key", budget_key), ("init_key", init_key)] + [("seed_key", k) for k in seed_keys]:
@@ -524,8 +613,48 @@ def sweep(
             raise SweepError(f"override {key!r} is set by the sweep itself; use budgets / inits / seeds / out_dir")
         if key not in parser:
             raise SweepError(f"override {key!r} is not a config id of {where}")
-    if eval_file and "output_dir" not in _read_parser(config_files + [eval_file] + extra_files):
+    for key, value in pairs.items():
+        parser[key] = value
+    eval_files = config_files + [eval_file] + extra_files + eval_extra_files
+    eval_parser = _read_parser(eval_files)
+    eval_where = f"the evaluate run ({', '.join(Path(f).name for f in eval_files)})"
+    for key in eval_pairs_user:
+        if key in swept:
+            raise SweepError(f"eval_override {key!r} is set by the sweep itself")
+        if key not in eval_parser:
+            raise SweepError(f"eval_override {key!r} is not a config id of {eval_where}")
+    for key, value in {**pairs, **eval_pairs_user}.items():
+        eval_parser[key] = value
+    if "output_dir" not in eval_parser:
         raise SweepError(f"evaluate config {evaluate!r} leaves no `output_dir`")
+
+    # metrics: validation (selection, secondary column) and test (reported)
+    val_names = _metric_names(parser)
+    if metric is None:
+        if not val_names:
+            raise SweepError(f"cannot tell the validation key metric of {where} (no `validate#key_metric` dict): "
+                             "pass --metric")
+        metric = val_names[0]
+    elif val_names and metric != val_names[0]:
+        print(f"note: the checkpoint is selected on the key metric {val_names[0]!r}; --metric {metric!r} only "
+              "fills the best_val_value column", flush=True)
+    if test_metric is None:
+        test_metric = "test_" + (metric[4:] if metric.startswith("val_") else metric)
+    eval_names = _metric_names(eval_parser)
+    if eval_names is not None and test_metric not in eval_names:
+        raise SweepError(f"{eval_where} computes no metric {test_metric!r} (it computes {eval_names}); "
+                         f"pass --test_metric with one of them")
+    selected_on = val_names[0] if val_names else metric
+    val_def, test_def = _metric_def(parser, metric), _metric_def(eval_parser, test_metric)
+    if val_def is not None and test_def is not None and val_def != test_def:
+        print(f"note: the test metric {test_metric!r} is not defined like the validation metric {metric!r}: "
+              f"{test_def} vs {val_def}", flush=True)
+    eval_on_val = "validate#datalist" in parser and _same_config(parser, eval_parser, "validate#datalist")
+    notes = []
+    if eval_on_val:
+        notes.append(f"Note: {Path(evaluate).name} evaluates the same `validate#datalist` as training's validation, "
+                     "the data the checkpoint was selected on: these are NOT held-out test scores.")
+        print("warning: " + notes[-1].removeprefix("Note: "), flush=True)
     specs, init_extra = {}, {}
     for label, spec in inits.items():
         init_extra[str(label)] = {}
@@ -558,107 +687,171 @@ def sweep(
 
     uri = path_to_sqlite_uri(str(out / "mlruns.db"))
     experiment = experiment or f"{bundle_name}-label-efficiency"
-    reported = f"{evaluate}:{eval_metric or metric}" if evaluate else f"{'min' if minimize else 'max'}({metric})"
-    metric_label = (eval_metric or metric) + (
-        f" ({Path(evaluate).name})" if evaluate else f" ({'lowest' if minimize else 'best'} over validation epochs)"
-    )
+    val_reported = f"{'min' if minimize else 'max'}({metric})"
+    metric_label = f"{test_metric} ({Path(evaluate).name}, best-{metric} checkpoint)"
     budget_label = budget_label or (budget_key if budget_to_x is None else "x")
     plan = [(b, i, s) for b in budgets for i in init_labels for s in seeds]
     print(f"label-efficiency sweep: {bundle_name}, {len(plan)} runs ({len(budgets)} budgets × {len(init_labels)} inits "
-          f"× {len(seeds)} seeds), reported: {reported}, MLflow {uri} experiment {experiment!r}", flush=True)
+          f"× {len(seeds)} seeds), reported: {test_metric} of {Path(evaluate).name} on the best-{metric} checkpoint, "
+          f"MLflow {uri} experiment {experiment!r}", flush=True)
     if dry_run:
         for b, i, s in plan:
             shown = {budget_key: b, init_key: specs[i], **init_extra[i], **{k: s for k in seed_keys}}
             print(f"  {_run_name(i, budget_key, b, s)}: " + " ".join(f"{k}={v!r}" for k, v in shown.items())
                   + f" -> {_run_dir(out, i, budget_key, b, s)}")
-        return {"rows": [], "plan": plan, "tracking_uri": uri, "experiment": experiment}
+        return {"rows": [], "plan": plan, "tracking_uri": uri, "experiment": experiment, "metric": metric,
+                "test_metric": test_metric, "budget_key": budget_key, "eval_on_validation_data": eval_on_val}
 
     out.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     exp_id = _experiment_id(client, experiment, out / "mlruns")
+    sweep_params = {"sweep_bundle": bundle_name, "sweep_budget_key": budget_key, "sweep_budgets": json.dumps(budgets),
+                    "sweep_inits": json.dumps(specs), "sweep_seeds": json.dumps(seeds),
+                    "sweep_seed_keys": json.dumps(seed_keys), "sweep_val_metric": val_reported,
+                    "sweep_test_metric": test_metric, "sweep_evaluate": Path(evaluate).name,
+                    "sweep_eval_on_validation_data": eval_on_val,
+                    "sweep_configs": json.dumps([Path(f).name for f in config_files + extra_files])}
+    summary_id = _open_run(client, exp_id, SUMMARY_RUN, sweep_params, tags={"sweep_role": "summary"})
     rows: list[dict] = []
-    timings = []
-    for b, init, seed in plan:
-        name = _run_name(init, budget_key, b, seed)
-        run_dir = _run_dir(out, init, budget_key, b, seed)
-        x = _x_lookup(budget_to_x, b) if budget_to_x is not None else b
-        signature = {"bundle": bundle_name, "init": init, "init_spec": specs[init],
-                     "init_overrides": {k: repr(v) for k, v in init_extra[init].items()}, "budget_key": budget_key,
-                     "budget": b, "seed": seed, "seed_keys": seed_keys, "metric": reported,
-                     "overrides": {k: repr(v) for k, v in pairs.items()},
-                     "configs": [Path(f).name for f in config_files + extra_files]}
-        done = run_dir / RESULT_FILE
-        if skip_done and done.is_file():
-            prev = json.loads(done.read_text())
-            if prev.get("signature") == signature:
-                print(f"--- {name}: done ({prev['row']['value']}), skipped", flush=True)
-                rows.append({**prev["row"], "value": float(prev["row"]["value"]), "x": x})
-                continue
-            print(f"--- {name}: settings changed since the finished run, running again", flush=True)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_pairs = {**pairs, **init_extra[init]}
-        run_pairs.update({budget_key: b, init_key: specs[init], **{k: seed for k in seed_keys}})
-        # an expression, so that MONAI's tracking patch can build save_execute_config from it
-        run_pairs.update({"output_dir": "$" + repr(str(run_dir)), "tracking_uri": uri,
-                          "experiment_name": experiment, "run_name": name})
-        if set_resume:
-            run_pairs["resume"] = False
-        params = {"sweep_init": init, "sweep_init_spec": specs[init], "sweep_budget_key": budget_key,
-                  "sweep_budget": b, "sweep_seed": seed, "sweep_metric": reported}
-        if budget_to_x is not None:
-            params["sweep_x"] = x
-        params.update({f"sweep_init.{k}": json.dumps(v) for k, v in init_extra[init].items()})
-        t0 = time.time()
-        run_id = _open_run(client, exp_id, name, params)
-        try:
-            _run_workflow(config_files + extra_files, bundle_dir, "mlflow", run_pairs)
-            if eval_file:
-                eval_pairs = {k: v for k, v in run_pairs.items() if k not in ("tracking_uri", "experiment_name", "run_name")}
-                wf = _run_workflow(config_files + [eval_file] + extra_files, bundle_dir, None, eval_pairs)
-                metrics = _evaluator_metrics(wf)
-                key = eval_metric or metric
-                if key not in metrics:
-                    raise SweepError(f"evaluate config {evaluate!r} computed no metric {key!r} (it has {sorted(metrics)})")
-                value = float(metrics[key])
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                client.log_batch(run_id, metrics=[Metric(f"eval_{k}", float(v), now, 0) for k, v in metrics.items()
-                                                  if isinstance(v, (int, float))])
-            else:
-                value = _best_from_history(client, run_id, metric, minimize)
-            client.log_metric(run_id, f"sweep_{eval_metric or metric}", value)
-        except BaseException:
-            client.set_terminated(run_id, status="FAILED")
-            raise
-        if client.get_run(run_id).info.status != "FINISHED":
-            client.set_terminated(run_id, status="FINISHED")
-        for old in _runs_named(client, exp_id, name):
-            if old.info.run_id != run_id and "sweep_superseded_by" not in old.data.tags:
-                client.set_tag(old.info.run_id, "sweep_superseded_by", run_id)
-        row = {"init": init, "budget": b, "x": x, "seed": seed, "metric": reported, "value": value,
-               "run_id": run_id, "run_name": name, "output_dir": str(run_dir)}
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps({"signature": signature, "row": row}, indent=1, default=str))
-        rows.append(row)
-        timings.append(time.time() - t0)
-        print(f"--- {name}: {reported} = {_fmt(value)} ({timings[-1]:.1f} s)", flush=True)
+    timings: list[float] = []
+    ctx = SimpleNamespace(
+        client=client, exp_id=exp_id, experiment=experiment, uri=uri, summary_id=summary_id, out=out,
+        bundle_dir=bundle_dir, bundle_name=bundle_name, specs=specs, init_extra=init_extra, pairs=pairs,
+        eval_pairs=eval_pairs_user, config_files=config_files, extra_files=extra_files, eval_files=eval_files,
+        budget_key=budget_key, budget_to_x=budget_to_x, init_key=init_key, seed_keys=seed_keys, metric=metric,
+        test_metric=test_metric, minimize=minimize, val_reported=val_reported, evaluate=evaluate,
+        set_resume=set_resume, skip_done=skip_done, timings=timings,
+    )
+    try:
+        for b, init, seed in plan:
+            row = _one_run(ctx, b, init, seed)
+            rows.append(row)
+            write_csv(rows, out / "results.csv")
+    except BaseException:
         write_csv(rows, out / "results.csv")
+        try:
+            client.log_artifact(summary_id, str(out / "results.csv"))
+        finally:
+            client.set_terminated(summary_id, status="FAILED")
+        raise
 
     write_csv(rows, out / "results.csv")
     title = f"{bundle_name}: label efficiency"
-    table = summary_markdown(rows, budgets, init_labels, budget_key, metric_label,
-                             budget_to_x=budget_to_x, budget_label=budget_label, title=title)
+    table = summary_markdown(rows, budgets, init_labels, budget_key, metric_label, budget_to_x=budget_to_x,
+                             budget_label=budget_label, title=title,
+                             notes=notes + [f"Checkpoints selected on validation {selected_on}; the best validation "
+                                            f"{metric} of each run is the `best_val_value` column of results.csv "
+                                            "(not a test score)."])
     (out / "summary.md").write_text(table)
     png = plot(rows, budgets, init_labels, out / "label_efficiency.png", metric_label, budget_label,
                budget_to_x=budget_to_x, logx=logx, title=title)
+    try:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        stats = [Metric(f"{test_metric}.{name}.{i}.{budget_key}{b}", float(v), now, 0)
+                 for (b, i), (mean, std, n) in aggregate(rows, budgets, init_labels).items()
+                 for name, v in (("mean", mean), ("std", std), ("n", n))]
+        if stats:
+            client.log_batch(summary_id, metrics=stats)
+        for path in (out / "results.csv", out / "summary.md", Path(png)):
+            client.log_artifact(summary_id, str(path))
+    except BaseException:
+        client.set_terminated(summary_id, status="FAILED")
+        raise
+    client.set_terminated(summary_id, status="FINISHED")
+    for old in _runs_named(client, exp_id, SUMMARY_RUN):
+        if old.info.run_id != summary_id and "sweep_superseded_by" not in old.data.tags:
+            client.set_tag(old.info.run_id, "sweep_superseded_by", summary_id)
     print("\n" + table)
-    print(f"results: {out / 'results.csv'}\nsummary: {out / 'summary.md'}\nplot:    {png}\nMLflow:  {uri} (experiment {experiment!r})")
+    print(f"results: {out / 'results.csv'}\nsummary: {out / 'summary.md'}\nplot:    {png}\nMLflow:  {uri} "
+          f"(experiment {experiment!r}, summary run {summary_id})")
     if timings:
         print(f"{len(timings)} runs in {sum(timings):.1f} s")
     return {"rows": rows, "summary": table, "results_csv": str(out / "results.csv"), "summary_md": str(out / "summary.md"),
-            "plot": png, "tracking_uri": uri, "experiment": experiment}
+            "plot": png, "tracking_uri": uri, "experiment": experiment, "summary_run_id": summary_id,
+            "metric": metric, "test_metric": test_metric, "budget_key": budget_key, "eval_on_validation_data": eval_on_val}
+
+
+def _one_run(ctx: SimpleNamespace, b: Any, init: str, seed: Any) -> dict:
+    """Train one (budget, init, seed) cell, evaluate its best-validation checkpoint; its results.csv row."""
+    c = ctx
+    client, budget_key, metric, test_metric = c.client, c.budget_key, c.metric, c.test_metric
+    name = _run_name(init, budget_key, b, seed)
+    run_dir = _run_dir(c.out, init, budget_key, b, seed)
+    x = _x_lookup(c.budget_to_x, b) if c.budget_to_x is not None else b
+    signature = {"bundle": c.bundle_name, "init": init, "init_spec": c.specs[init],
+                 "init_overrides": {k: repr(v) for k, v in c.init_extra[init].items()}, "budget_key": budget_key,
+                 "budget": b, "seed": seed, "seed_keys": c.seed_keys, "val_metric": c.val_reported,
+                 "test_metric": test_metric, "evaluate": [Path(f).name for f in c.eval_files],
+                 "eval_overrides": {k: repr(v) for k, v in c.eval_pairs.items()},
+                 "overrides": {k: repr(v) for k, v in c.pairs.items()},
+                 "configs": [Path(f).name for f in c.config_files + c.extra_files]}
+    done = run_dir / RESULT_FILE
+    if c.skip_done and done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("signature") == signature:
+            print(f"--- {name}: done ({test_metric} = {prev['row']['test_value']}), skipped", flush=True)
+            return {**prev["row"], "test_value": float(prev["row"]["test_value"]),
+                    "best_val_value": float(prev["row"]["best_val_value"]), "x": x}
+        print(f"--- {name}: settings changed since the finished run, running again", flush=True)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_pairs = {**c.pairs, **c.init_extra[init]}
+    run_pairs.update({budget_key: b, c.init_key: c.specs[init], **{k: seed for k in c.seed_keys}})
+    # an expression, so that MONAI's tracking patch can build save_execute_config from it
+    run_pairs.update({"output_dir": "$" + repr(str(run_dir)), "tracking_uri": c.uri, "experiment_name": c.experiment,
+                      "run_name": name})
+    if c.set_resume:
+        run_pairs["resume"] = False
+    params = {"sweep_init": init, "sweep_init_spec": c.specs[init], "sweep_budget_key": budget_key,
+              "sweep_budget": b, "sweep_seed": seed, "sweep_val_metric": c.val_reported,
+              "sweep_test_metric": test_metric, "sweep_evaluate": Path(c.evaluate).name}
+    if c.budget_to_x is not None:
+        params["sweep_x"] = x
+    params.update({f"sweep_init.{k}": json.dumps(v) for k, v in c.init_extra[init].items()})
+    t0 = time.time()
+    run_id = _open_run(client, c.exp_id, name, params, tags={"mlflow.parentRunId": c.summary_id})
+    try:
+        # 1. train: validation every val_interval, CheckpointSaver keeps the best-validation model.pt
+        _run_workflow(c.config_files + c.extra_files, c.bundle_dir, "mlflow", run_pairs)
+        best_val = _best_from_history(client, run_id, metric, c.minimize)
+        # 2. test: the evaluate config on the same output_dir loads that model.pt
+        eval_pairs = {k: v for k, v in run_pairs.items() if k not in ("tracking_uri", "experiment_name", "run_name")}
+        eval_pairs.update(c.eval_pairs)
+        wf = _run_workflow(c.eval_files, c.bundle_dir, None, eval_pairs)
+        metrics = _evaluator_metrics(wf)
+        if test_metric not in metrics:
+            raise SweepError(f"the evaluate run ({Path(c.evaluate).name}) computed no metric {test_metric!r} "
+                             f"(it computed {sorted(metrics)}); pass --test_metric with one of them")
+        value = float(metrics[test_metric])
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        logged = [Metric(_test_name(k), float(v), now, 0) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        logged.append(Metric(f"best_{metric}", best_val, now, 0))
+        client.log_batch(run_id, metrics=logged)
+        eval_dir = wf.parser.ref_resolver.resolved_content.get("eval_dir")
+        if isinstance(eval_dir, str) and os.path.isdir(eval_dir):
+            client.log_artifacts(run_id, eval_dir, artifact_path="eval")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    if client.get_run(run_id).info.status != "FINISHED":
+        client.set_terminated(run_id, status="FINISHED")
+    for old in _runs_named(client, c.exp_id, name):
+        if old.info.run_id != run_id and "sweep_superseded_by" not in old.data.tags:
+            client.set_tag(old.info.run_id, "sweep_superseded_by", run_id)
+    row = {"init": init, "budget": b, "x": x, "seed": seed, "test_metric": test_metric, "test_value": value,
+           "val_metric": c.val_reported, "best_val_value": best_val, "run_id": run_id, "run_name": name,
+           "output_dir": str(run_dir)}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"signature": signature, "row": row}, indent=1, default=str))
+    c.timings.append(time.time() - t0)
+    print(f"--- {name}: {test_metric} = {_fmt(value)} (best {metric} = {_fmt(best_val)}; {c.timings[-1]:.1f} s)",
+          flush=True)
+    return row
 
 
 def cli(**kwargs) -> None:

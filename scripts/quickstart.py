@@ -103,7 +103,7 @@ def main(
         "simclr_loss_last_quarter": round(last, 4),
         "segmentation_model": str(seg_out / "models" / "model.pt"),
         "segmentation_eval": str(seg_out / "eval"),
-        **{f"segmentation_test_{k.removeprefix('val_')}": round(float(v), 4) for k, v in seg_metrics.items()},
+        **{f"segmentation_{k}": round(float(v), 4) for k, v in seg_metrics.items()},
         "segmentation_predictions": "python -m monai.bundle run --config_file "
         f"bundles/flexibleunet_tools/configs/inference.json --bundle_root {out} --dataset_dir {data / 'tools'}",
         "mlflow_db": str(out / "runs" / "mlruns.db"),
