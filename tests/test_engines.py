@@ -4,6 +4,7 @@ gradient accumulation, amp in the evaluator, ``output["loss"]``, plain-tensor vi
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -269,3 +270,35 @@ def test_bundle_wiring_trainer_validation_checkpoint_and_grad_clip(tmp_path):
 def test_evaluator_requires_a_loss():
     with pytest.raises(ValueError, match="loss_function"):
         SSLEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(_data(2)), network=_Pair())
+
+
+def test_gradient_clip_clips_the_accumulated_gradient_once_per_step():
+    """accumulation_steps 2: the clip runs on the iterations that step, on the summed gradient:
+    the parameters equal one clipped SGD step on the mean loss of the two batches."""
+    from monai.engines import SupervisedTrainer
+
+    from monai_ssl_ext.handlers import GradientClip
+
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(2, 3), "label": torch.randn(2, 1)} for _ in range(2)]
+    net = torch.nn.Linear(3, 1)
+    ref = torch.nn.Linear(3, 1)
+    ref.load_state_dict(net.state_dict())
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.MSELoss(),
+                                accumulation_steps=2)
+    clip = GradientClip(max_norm=1e-2)
+    calls = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: calls.append(clip.last_norm))
+    clip.attach(trainer)
+    trainer.run()
+    # reference: the mean of the two batch losses, one backward, clip to 1e-2, one SGD step
+    loss = sum(torch.nn.functional.mse_loss(ref(d["image"]), d["label"]) for d in data) / 2
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1e-2)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    assert math.isnan(calls[0]) and not math.isnan(calls[1])  # no clip on the accumulating iteration
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)

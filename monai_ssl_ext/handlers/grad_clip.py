@@ -19,8 +19,8 @@ class GradientClip:
 
     With AMP and a ``GradScaler`` the gradients are unscaled first (``scaler.unscale_(optimizer)``), so the
     threshold applies to the true gradients and ``scaler.step`` does not unscale them again. Parameters without a
-    gradient (e.g. BYOL's target network) are ignored. With gradient accumulation (``iteration_update`` steps every
-    k iterations) the clip runs on the partial sums too; it is meant for the plain one-step loop.
+    gradient (e.g. BYOL's target network) are ignored. With gradient accumulation (MONAI's ``accumulation_steps``)
+    the clip runs only on the iterations that step the optimizer, on the accumulated gradient.
 
     Args:
         max_norm: the maximal total norm (> 0).
@@ -51,7 +51,20 @@ class GradientClip:
                 f"IterationEvents.BACKWARD_COMPLETED; {type(engine).__name__} does not register it"
             ) from e
 
+    @staticmethod
+    def _steps_now(engine: Engine) -> bool:
+        """Whether this iteration's ``optimizer.step()`` runs (MONAI ``SupervisedTrainer``'s rule for
+        ``accumulation_steps``: every k-th iteration of the epoch, and the epoch's last)."""
+        acc = int(getattr(engine, "accumulation_steps", 1) or 1)
+        if acc <= 1:
+            return True
+        length = engine.state.epoch_length
+        local = (engine.state.iteration - 1) % length if length is not None else engine.state.iteration - 1
+        return (local + 1) % acc == 0 or (length is not None and local + 1 == length)
+
     def __call__(self, engine: Engine) -> None:
+        if not self._steps_now(engine):
+            return
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
             scaler.unscale_(engine.optimizer)
