@@ -10,3 +10,4 @@ from . import data, distributed, engines, handlers, losses, networks, optimizers
 from . import encoders  # noqa: E402
 from .encoders import load_encoder  # noqa: E402
 from . import metrics  # noqa: E402
+from . import overrides  # noqa: E402

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .io import atomic_save
 from .networks.backbones import TIMM_PREFIX, Backbone, build_backbone
 
 __all__ = [
@@ -120,10 +121,7 @@ def export_encoder(
         **extra,
         "state_dict": state,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(payload, path)
     return payload
 
 

@@ -487,13 +487,15 @@ def plot(rows, budgets, inits, path, metric_label, budget_label, budget_to_x=Non
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    from monai_ssl_ext.io import atomic_write
+
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-    os.replace(tmp, path)
+
+    atomic_write(path, write, mode="w", newline="")
 
 
 # ---- the sweep -------------------------------------------------------------------------------

@@ -246,11 +246,9 @@ def prepare_acdc(data_dir: str | os.PathLike, out_file: str | os.PathLike | None
         intensity = {"mean": None, "std": None, "n_voxels": 0, "patients": "train"}
     content = {"split": split, **lists, "intensity": intensity}
     out = Path(out_file) if out_file is not None else root / DEFAULT_OUT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(_dumps(content))
-    os.replace(tmp, out)
+    from monai_ssl_ext.io import atomic_write_text
+
+    atomic_write_text(out, _dumps(content))
     return content
 
 

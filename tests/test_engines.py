@@ -302,3 +302,30 @@ def test_gradient_clip_clips_the_accumulated_gradient_once_per_step():
     assert math.isnan(calls[0]) and not math.isnan(calls[1])  # no clip on the accumulating iteration
     for a, b in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_ema_updates_once_per_optimizer_step_with_accumulation():
+    """accumulation_steps 2 over an epoch of 4 iterations: 2 optimizer steps, so 2 EMA updates with
+    tau_0, tau_1 of a K = 2 * epochs schedule; the target never moves on accumulating iterations."""
+    from monai.engines import SupervisedTrainer
+
+    from monai_ssl_ext.handlers import EMATargetUpdate
+    from monai_ssl_ext.handlers.ema import cosine_momentum
+
+    torch.manual_seed(0)
+    data = [{"image": torch.randn(2, 3), "label": torch.randn(2, 1)} for _ in range(4)]
+    net, target = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=2, train_data_loader=data, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.MSELoss(),
+                                accumulation_steps=2)
+    ema = EMATargetUpdate(net, target, base_momentum=0.9, final_momentum=1.0)
+    ema.attach(trainer)
+    taus, moved = [], []
+    before = {}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: before.update(w=target.weight.detach().clone()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: (
+        moved.append(not torch.equal(before["w"], target.weight)), taus.append(ema.momentum)))
+    trainer.run()
+    assert moved == [False, True, False, True] * 2
+    expected = [cosine_momentum(k, 4, 0.9, 1.0) for k in range(4)]  # K = 2 epochs x 2 optimizer steps
+    assert [taus[i] for i in (1, 3, 5, 7)] == pytest.approx(expected)

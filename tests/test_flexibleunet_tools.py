@@ -172,7 +172,8 @@ def test_label_resize_keeps_labels_binary(demo):
             assert set(torch.unique(out["label"]).tolist()) <= {0.0, 1.0}
         assert set(torch.unique(d["label"]).tolist()) == {0.0, 1.0}
     # the source's train Resized (no mode, i.e. "area") would not have kept them binary
-    area = Resized(keys="label", spatial_size=[100, 60])(Compose(det[:4])(dict(items[0])))
+    until_threshold = [t for t in det[: next(i for i, t in enumerate(det) if type(t).__name__ == "AsDiscreted") + 1]]
+    area = Resized(keys="label", spatial_size=[100, 60])(Compose(until_threshold)(dict(items[0])))
     assert not set(torch.unique(area["label"]).tolist()) <= {0.0, 1.0}
 
 

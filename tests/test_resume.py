@@ -79,12 +79,16 @@ def _ckpt_epoch(path: Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True)["engine"]["epoch"])
 
 
-def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path):
-    data = _small_dataset(demo_data("cholec"), tmp_path / "data")
+@pytest.mark.parametrize("epoch_length,n_train", [(None, 8), (2, 12)], ids=["whole_epochs", "epoch_shorter_than_data"])
+def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path, epoch_length, n_train):
+    """Whole epochs (8 frames, 2 batches = one epoch), and the harness's epoch_length 2 over 12
+    frames (3 batches a pass): a data pass then goes on across epochs, and the resumed run must
+    rebuild it (same shuffle, used batches skipped) to draw the uninterrupted run's batches."""
+    data = _small_dataset(demo_data("cholec"), tmp_path / "data", n_train=n_train)
     override = tmp_path / "resume.json"
-    # whole epochs (epoch_length null: smoke.json sets 2), validation every epoch (it draws random
-    # augmentations too), the smoke sizes (batch 4, 32 px, no workers)
-    override.write_text(json.dumps({"epochs": EPOCHS, "epoch_length": None, "val_interval": 1}))
+    # validation every epoch (it draws random augmentations too), the smoke sizes (batch 4, 32 px,
+    # no workers)
+    override.write_text(json.dumps({"epochs": EPOCHS, "epoch_length": epoch_length, "val_interval": 1}))
     root_a, root_b = tmp_path / "a", tmp_path / "b"
 
     # A (uninterrupted) runs beside B: one core each

@@ -10,7 +10,7 @@ from monai.transforms import RandGaussianNoise
 
 from monai_ssl_ext.handlers import flatten_params
 from monai_ssl_ext.networks import MLPHead, SimCLR, build_backbone
-from monai_ssl_ext.transforms import EnsureChannelsd, MultiViewd, SimCLRAugment, view_keys
+from monai_ssl_ext.transforms import MultiViewd, SimCLRAugment, view_keys
 
 
 def test_view_keys():
@@ -45,13 +45,6 @@ def test_simclr_augment_normalises_to_minus_one_one():
     white = aug(torch.ones(3, 16, 16))
     black = aug(torch.zeros(3, 16, 16))
     assert torch.allclose(white, torch.ones_like(white)) and torch.allclose(black, -torch.ones_like(black))
-
-
-def test_ensure_channels_names_the_file():
-    img = MetaTensor(torch.zeros(1, 8, 8), meta={"filename_or_obj": "/data/frames/video01/000001.jpg"})
-    with pytest.raises(ValueError, match="video01/000001.jpg.*1 channel.*expected 3.*in_channels"):
-        EnsureChannelsd("image", 3)({"image": img})
-    assert EnsureChannelsd("image", 1)({"image": img})["image"] is img
 
 
 def test_mlp_head_layers():

@@ -21,6 +21,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from ..engines.steps import optimizer_steps, steps_now, total_optimizer_steps
+
 __all__ = ["cosine_momentum", "EMATargetUpdate"]
 
 
@@ -45,10 +47,11 @@ def _unwrap(module: nn.Module) -> nn.Module:
 class EMATargetUpdate:
     """Ignite handler updating ``target`` as an EMA of ``online`` after every iteration (BYOL, Grill et al. 2020).
 
-    At ``Events.ITERATION_COMPLETED`` of iteration ``engine.state.iteration = i`` (1-based in ignite) the step that
-    just finished has the 0-based index ``k = i - 1``, so the first update uses ``tau_0 = base_momentum`` (as in BYOL's
-    code) and the schedule resumes correctly after a checkpoint reload. With ``K = total_steps`` (default
-    ``max_epochs * epoch_length``):
+    At ``Events.ITERATION_COMPLETED`` of the iteration whose optimizer step is the ``k``-th (0-based; with
+    MONAI's ``accumulation_steps`` only the iterations that step update the target, once per optimizer step),
+    so the first update uses ``tau_0 = base_momentum`` (as in BYOL's code) and the schedule resumes correctly
+    after a checkpoint reload. With ``K = total_steps`` (default: the optimizer steps of the run,
+    ``max_epochs * epoch_length`` without accumulation):
 
         target_param <- tau_k * target_param + (1 - tau_k) * online_param,   tau_k = cosine_momentum(k, K, base, final)
 
@@ -94,8 +97,10 @@ class EMATargetUpdate:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        total = self.total_steps or engine.state.max_epochs * engine.state.epoch_length
-        self.momentum = tau = cosine_momentum(engine.state.iteration - 1, total, self.base_momentum,
+        if not steps_now(engine):  # gradient accumulation: one EMA update per optimizer step
+            return
+        total = self.total_steps or total_optimizer_steps(engine)
+        self.momentum = tau = cosine_momentum(optimizer_steps(engine) - 1, total, self.base_momentum,
                                               self.final_momentum)
         with torch.no_grad():
             for t, o in zip(self.target.parameters(), self.online.parameters()):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
+from ..io import atomic_write
 
 __all__ = ["EmbeddingWriter"]
 
@@ -109,8 +109,7 @@ class EmbeddingWriter:
         if get_rank() != 0:
             return
         emb = np.concatenate(self.embeddings, 0).astype(np.float32) if self.embeddings else np.zeros((0, 0), np.float32)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = f"{self.path[:-4]}.tmp{os.getpid()}.npz"
-        np.savez(tmp, embeddings=emb, labels=np.asarray(self.labels, dtype=np.int64), paths=np.asarray(self.paths, dtype=str))
-        os.replace(tmp, self.path)
+        labels, paths = np.asarray(self.labels, dtype=np.int64), np.asarray(self.paths, dtype=str)
+        # to an open file np.savez adds no ".npz": the temp file is <path>.tmp<pid>
+        atomic_write(self.path, lambda f: np.savez(f, embeddings=emb, labels=labels, paths=paths))
         self.logger.info(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1] if emb.ndim == 2 else 0} to {self.path}")

@@ -8,6 +8,7 @@ from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
 from ..encoders import export_encoder
+from ..io import check_writable, remove_stale_temps
 from ..networks.backbones import Backbone
 
 __all__ = ["EncoderExport"]
@@ -15,7 +16,12 @@ __all__ = ["EncoderExport"]
 
 class EncoderExport:
     """Write ``backbone`` to ``path`` in the encoder format every ``interval`` epochs and when the
-    run completes.
+    run completes, once per save point: the final export is skipped when the epoch's export has
+    just written the same epoch and iteration.
+
+    When the run starts (before the first iteration) rank 0 removes the ``<path>.tmp<pid>`` files
+    of killed writers and checks that ``path`` can be written, so that a read-only folder fails
+    then, naming it, and not after training.
 
     Args:
         backbone: the trunk to export (for EMA methods: the target network's backbone).
@@ -32,11 +38,27 @@ class EncoderExport:
         self.normalization = dict(normalization or {})
         self.interval = int(interval)
         self.logger = logging.getLogger("monai_ssl_ext.EncoderExport")
+        self._written: tuple[int, int] | None = None  # (epoch, iteration) of the last export
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.start)
         if self.interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.final)
+
+    def start(self, engine: Engine) -> None:
+        self._written = None
+        if get_rank() != 0:
+            return
+        remove_stale_temps(self.path, self.logger)
+        check_writable(self.path, "encoder export",
+                       hint="make the folder writable or set another path (nothing was trained)")
+
+    def final(self, engine: Engine) -> None:
+        """The export at the end of the run, unless this epoch and iteration were just exported."""
+        if self._written == (engine.state.epoch, engine.state.iteration):
+            return
+        self(engine)
 
     def __call__(self, engine: Engine) -> None:
         if get_rank() != 0:
@@ -49,4 +71,5 @@ class EncoderExport:
             epoch=engine.state.epoch,
             iteration=engine.state.iteration,
         )
+        self._written = (engine.state.epoch, engine.state.iteration)
         self.logger.info(f"exported {self.backbone.arch} encoder (epoch {engine.state.epoch}) to {self.path}")

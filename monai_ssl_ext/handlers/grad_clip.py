@@ -8,6 +8,8 @@ import torch
 from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 
+from ..engines.steps import steps_now
+
 __all__ = ["GradientClip"]
 
 
@@ -51,19 +53,8 @@ class GradientClip:
                 f"IterationEvents.BACKWARD_COMPLETED; {type(engine).__name__} does not register it"
             ) from e
 
-    @staticmethod
-    def _steps_now(engine: Engine) -> bool:
-        """Whether this iteration's ``optimizer.step()`` runs (MONAI ``SupervisedTrainer``'s rule for
-        ``accumulation_steps``: every k-th iteration of the epoch, and the epoch's last)."""
-        acc = int(getattr(engine, "accumulation_steps", 1) or 1)
-        if acc <= 1:
-            return True
-        length = engine.state.epoch_length
-        local = (engine.state.iteration - 1) % length if length is not None else engine.state.iteration - 1
-        return (local + 1) % acc == 0 or (length is not None and local + 1 == length)
-
     def __call__(self, engine: Engine) -> None:
-        if not self._steps_now(engine):
+        if not steps_now(engine):
             return
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():

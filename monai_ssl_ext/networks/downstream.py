@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io import atomic_write_text
 from .backbones import Backbone
 
 __all__ = [
@@ -296,9 +297,5 @@ class ClassificationReport:
         if self.class_names is not None:
             out["class_names"] = self.class_names
         out["extra"] = json.loads(json.dumps(self.extra, default=str))
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(out, indent=2))
         logger.info(f"accuracy {out['accuracy']:.4f} written to {self.path}")

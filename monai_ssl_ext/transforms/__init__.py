@@ -1,5 +1,6 @@
 from .augment import BYOLAugment, SimCLRAugment
-from .checks import CheckedLoadImage, CheckedLoadImaged, EnsureChannelsd, ImageReadError, LoadPictured, source_name
+from .checks import CheckedLoadImage, CheckedLoadImaged, ImageReadError, LoadPictured, source_name
+from .validate import CheckInputd, InputCheckError
 from .multiview import MultiViewd, view_keys
 from .slices import LoadSliced, SliceIndexError, read_volume
 from .spatial import RandResizedCropd

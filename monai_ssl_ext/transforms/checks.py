@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
-from monai.transforms import LoadImage, LoadImaged, MapTransform
+from monai.transforms import LoadImage, LoadImaged
 
-__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "EnsureChannelsd", "ImageReadError", "LoadPictured", "source_name"]
+__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "ImageReadError", "LoadPictured", "source_name"]
 
 
 class ImageReadError(RuntimeError):
@@ -75,23 +75,3 @@ def source_name(data: Mapping, key: Hashable) -> str:
     value = data.get(key)
     meta = getattr(value, "meta", None) or data.get(f"{key}_meta_dict") or {}
     return str(meta.get("filename_or_obj", f"<{key}>"))
-
-
-class EnsureChannelsd(MapTransform):
-    """Raise ``ValueError`` naming the file when a channel-first image does not have ``channels``
-    channels (e.g. a grey-scale frame where the encoder expects RGB)."""
-
-    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.channels = int(channels)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            got = d[key].shape[0]
-            if got != self.channels:
-                raise ValueError(
-                    f"{source_name(d, key)}: '{key}' has {got} channel(s), expected {self.channels} "
-                    f"(config `in_channels`); convert the image or change `in_channels`"
-                )
-        return d
