@@ -227,6 +227,22 @@ def test_baselines_train_everything_at_the_decoder_rate(tmp_path, spec):
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
 
 
+@pytest.mark.parametrize("epochs", [50, 100])
+def test_warm_restart_cycle_spans_the_run(tmp_path, epochs):
+    """A.4's CosineAnnealingWarmRestarts(T_0=100) with 100 epochs is one cycle over the run; tied to
+    `epochs`, a 50-epoch run completes its cycle too: the rate falls to its minimum at the end."""
+    parser = _parser(["train.json"], {"bundle_root": str(tmp_path), "epochs": epochs})
+    sched = parser.get_parsed_content("lr_scheduler")
+    opt = parser.get_parsed_content("optimizer")
+    assert sched.T_0 == epochs
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[-1]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] < 1e-4 * 0.01 and lrs == sorted(lrs, reverse=True)
+
+
 def test_encoder_learning_rate_rule():
     from monai_ssl_ext.encoders import encoder_learning_rate
 

@@ -1,0 +1,110 @@
+"""Rules every bundle's configs keep, because each broke a landed bundle once (README, "Adding a
+bundle"): pictures load row first, segmentation metrics count false positives, metrics are named
+by their split, and a resume keeps the best model. Read from the config files, so a future bundle
+is checked the day it lands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bundle_runner import run_configs
+from conftest import BUNDLES
+
+IDS = [b.name for b in BUNDLES]
+PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
+# MONAI metrics whose default (ignore_empty=True) skips a class absent from the label, false
+# positives included
+FP_BLIND = ("MeanIoUHandler", "MeanDice", "MeanIoU", "DiceMetric", "MeanIoUMetric")
+
+
+def _configs(bundle: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((bundle / "configs").glob("*.json"))}
+
+
+def _components(obj, path=""):
+    """(id, dict) of every component (a dict with a ``_target_``) in a config."""
+    if isinstance(obj, dict):
+        if "_target_" in obj:
+            yield path, obj
+        for k, v in obj.items():
+            yield from _components(v, f"{path}#{k}" if path else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _components(v, f"{path}#{i}")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_pictures_load_row_first(bundle, demo_data):
+    """A bundle whose data are pictures loads them with LoadPictured: MONAI's LoadImaged reads
+    (W, H), where a horizontal flip is vertical."""
+    demo = Path(demo_data(json.loads((bundle / "configs" / "smoke.json").read_text())["demo_data"]))
+    if not any(p.suffix.lower() in PICTURES for p in demo.rglob("*")):
+        pytest.skip("no pictures in this bundle's data")
+    for name, config in _configs(bundle).items():
+        for where, comp in _components(config):
+            assert comp["_target_"] not in ("LoadImaged", "CheckedLoadImaged", "LoadImage", "monai.transforms.LoadImaged"), \
+                f"{bundle.name}/{name} {where}: pictures must load with LoadPictured"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_segmentation_metrics_count_false_positives(bundle):
+    for name, config in _configs(bundle).items():
+        for where, comp in _components(config):
+            if comp["_target_"].split(".")[-1] in FP_BLIND:
+                assert comp.get("ignore_empty") is False, (
+                    f"{bundle.name}/{name} {where}: {comp['_target_']} skips classes absent from the label, false "
+                    "positives included: use monai_ssl_ext.metrics (PooledIoU, PerImageIoU, ...)")
+
+
+def _metric_names(config: dict) -> list[str]:
+    names = []
+    for key in ("validate#key_metric", "validate#additional_metrics"):
+        names += list(config.get(key, {}))
+    validate = config.get("validate", {})
+    names += list(validate.get("key_metric", {})) + list(validate.get("additional_metrics", {}))
+    evaluator = validate.get("evaluator", {})
+    for key in ("key_val_metric", "additional_metrics"):
+        if isinstance(evaluator.get(key), dict):
+            names += list(evaluator[key])
+    return names
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_metrics_named_by_split(bundle):
+    """Metrics computed on a test list are test_*; on the validation list val_*."""
+    for name, config in _configs(bundle).items():
+        datalist = json.dumps(config.get("validate#datalist", ""))
+        split = "test" if "'test" in datalist else "val"
+        for metric in _metric_names(config):
+            assert metric.startswith(f"{split}_"), f"{bundle.name}/{name}: {metric} is computed on the {split} list"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_resume_keeps_the_best_model_everywhere(bundle):
+    """Every config that keeps a best model (validate#best_saver) hands it and its evaluator to
+    the ResumableCheckpoint of its trainer."""
+    checked = 0
+    for name in run_configs(bundle):
+        config = _configs(bundle)[name]
+        if "best_saver" not in config.get("validate", {}):
+            continue
+        handlers = config.get("train", {}).get("handlers", [])
+        resumable = [h for h in handlers if isinstance(h, dict) and h.get("_target_") == "ResumableCheckpoint"]
+        assert len(resumable) == 1, f"{bundle.name}/{name}: one ResumableCheckpoint in train#handlers"
+        assert resumable[0].get("best_saver") == "@validate#best_saver", f"{bundle.name}/{name}"
+        assert resumable[0].get("evaluator") == "@validate#evaluator", f"{bundle.name}/{name}"
+        assert "@validate#best_saver" in config["validate"]["handlers"], f"{bundle.name}/{name}"
+        checked += 1
+    if "validate" in _configs(bundle)["train.json"]:
+        assert checked, f"{bundle.name}: validation without validate#best_saver"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_initialize_checks_the_command_line(bundle):
+    """Every config that runs (defines `initialize`) first checks the command-line overrides."""
+    for name, config in _configs(bundle).items():
+        if "initialize" in config and name != "multi_gpu_train.json":
+            assert config["initialize"][0] == "$monai_ssl_ext.overrides.check_cli_overrides()", f"{bundle.name}/{name}"
