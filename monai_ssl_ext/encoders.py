@@ -1,22 +1,44 @@
-"""The encoder hand-off: one file format, one weight-spec syntax, one key-mapping loader.
+"""The encoder hand-off: one file (two layouts), one weight-spec syntax, one key-mapping loader.
 
-``encoder.pt`` (written by pretraining bundles)::
+``encoder.pt`` (written by pretraining bundles and converters) comes in two layouts.
 
-    {"format": 1, "arch": "efficientnet-b0", "spatial_dims": 2, "in_channels": 3,
+Format 1, one trunk (what :func:`export_encoder` writes)::
+
+    {"format": 1, "arch": "efficientnet-b0", "spatial_dims": 2, "in_channels": 3, "arch_params": {},
      "feature_dim": 1280, "first_conv": "_conv_stem.weight",
      "normalization": {"mean": [...], "std": [...]},   # what the pretraining inputs were
-     "method": "simclr", "package_version": "0.1.0", "epoch": 12,
+     "method": "simclr", "package_version": "0.2.0", "epoch": 12, "iteration": 480,
      "state_dict": {...trunk keys only...}}
+
+Format 2, one or more named trunks (what :func:`export_encoders` writes)::
+
+    {"format": 2,
+     "trunks": {"encoder": {"arch": "efficientnet-b0", "spatial_dims": 2, "in_channels": 3,
+                            "arch_params": {}, "feature_dim": 1280, "first_conv": "_conv_stem.weight",
+                            "state_dict": {...trunk keys only...}},
+                ...},                                   # e.g. "slice_encoder", "slice_transformer"
+     "normalization": {"mean": [...], "std": [...]},    # what the pretraining inputs were
+     "method": "simclr", "package_version": "0.2.0", "epoch": 12, "iteration": 480, ...}
+
+Each trunk entry records what is needed to rebuild the trunk (``arch``, ``spatial_dims``,
+``in_channels``, ``arch_params``) and to check and adapt it (``feature_dim``, ``first_conv``).
+A format-1 file reads as one trunk named ``"encoder"``.
+
+A *trunk view* is what loaders work with: the file-level fields with one trunk's fields on top and
+``"trunk"`` set to its name (``view["arch"]``, ``view["state_dict"]``, ``view["method"]``); a
+format-1 file is a trunk view as it stands. :func:`read_encoder` returns one; ``trunk=`` picks it
+(it may be left out when the file holds one trunk).
 
 Weight spec (``pretrained_encoder`` in finetuning bundles, ``init_weights`` in pretraining ones):
 a path to an ``encoder.pt``; ``timm:<model-name>`` (ImageNet weights that timm downloads, or finds
 in the Hugging Face cache); or null (random initialisation).
 
-:func:`load_encoder` maps the source trunk's keys onto a downstream trunk and raises unless every
-downstream tensor is filled and every source tensor is used (apart from the per-family ignore
-list), and unless the architecture parameters that no tensor shape shows (a ViT's ``num_heads``,
-its patch grid, strides, the stem max-pool, ...) agree with the header (:func:`check_architecture`),
-so a hand-off never fails silently.
+:func:`load_encoder` maps the source trunk's keys onto a downstream trunk (the key maps of the
+trunk-family registry, :mod:`monai_ssl_ext.networks.families`) and raises unless every downstream
+tensor is filled and every source tensor is used (apart from the family's ``ignore_missing``), and
+unless the architecture parameters that no tensor shape shows (a ViT's ``num_heads``, its patch
+grid, strides, the stem max-pool, ...) agree with the header (:func:`check_architecture`), so a
+hand-off never fails silently.
 """
 
 from __future__ import annotations
@@ -24,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,13 +54,18 @@ from torch import nn
 
 from . import __version__
 from .io import atomic_save
-from .networks.backbones import TIMM_PREFIX, Backbone, build_backbone
+from .networks.backbones import Backbone, build_backbone, trunk_family
+from .networks.families import TIMM_PREFIX, _tuple, conv_signature, family_of_arch, first_conv_key, map_keys
 
 __all__ = [
+    "DEFAULT_TRUNK",
     "EncoderLoadError",
     "LoadReport",
     "export_encoder",
+    "export_encoders",
     "read_encoder",
+    "read_encoder_file",
+    "select_trunk",
     "is_random_init",
     "is_baseline_init",
     "encoder_learning_rate",
@@ -53,12 +80,16 @@ __all__ = [
 
 logger = logging.getLogger("monai_ssl_ext.encoders")
 
-FORMAT_VERSION = 1
-HEADER_KEYS = ("format", "arch", "spatial_dims", "in_channels", "first_conv", "normalization", "method")
-
-# Downstream tensors that no trunk provides and no downstream forward uses: MONAI's EfficientNet
-# encoder keeps the ImageNet classifier ``_fc`` that FlexibleUNet never calls.
-IGNORE_MISSING = {"monai-efficientnet": (r"^_fc\.",)}
+FORMAT_SINGLE = 1  # one trunk, flat (export_encoder)
+FORMAT_MULTI = 2  # named trunks (export_encoders)
+READABLE_FORMATS = (FORMAT_SINGLE, FORMAT_MULTI)
+DEFAULT_TRUNK = "encoder"
+# what a trunk entry holds: enough to rebuild the trunk (arch, spatial_dims, in_channels,
+# arch_params) and to check and adapt it (feature_dim, first_conv)
+TRUNK_FIELDS = ("arch", "spatial_dims", "in_channels", "arch_params", "feature_dim", "first_conv", "state_dict")
+TRUNK_REQUIRED = ("arch", "spatial_dims", "in_channels", "first_conv", "state_dict")
+FILE_REQUIRED = ("format", "normalization", "method")
+HEADER_KEYS = ("format", "arch", "spatial_dims", "in_channels", "first_conv", "normalization", "method")  # format 1
 
 
 class EncoderLoadError(RuntimeError):
@@ -101,50 +132,154 @@ class LoadReport:
         out.update(source=self.source, loaded=len(self.loaded), ignored=len(self.ignored))
         return out
 
+# ---- the file format -------------------------------------------------------------------------
 
-def export_encoder(
-    backbone: Backbone, path: str, method: str, normalization: dict | None = None, **extra
-) -> dict:
-    """Write ``backbone.trunk``'s weights and header to ``path`` (atomically); returns the payload."""
-    state = {k: v.detach().cpu().clone() for k, v in backbone.trunk.state_dict().items()}
-    payload = {
-        "format": FORMAT_VERSION,
+def trunk_entry(backbone: Backbone) -> dict:
+    """A trunk entry of an encoder file: header fields and the trunk's weights (CPU copies)."""
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"expected a monai_ssl_ext Backbone, got {type(backbone).__name__}")
+    return {
         "arch": backbone.arch,
         "spatial_dims": backbone.spatial_dims,
         "in_channels": backbone.in_channels,
+        "arch_params": dict(backbone.arch_params),
         "feature_dim": backbone.feature_dim,
         "first_conv": backbone.first_conv,
-        "arch_params": dict(backbone.arch_params),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in backbone.trunk.state_dict().items()},
+    }
+
+
+def export_encoders(
+    trunks: Mapping[str, Backbone], path: str, method: str, normalization: dict | None = None, **extra
+) -> dict:
+    """Write several named trunks to one ``encoder.pt`` (format 2, atomically); returns the file
+    payload. ``extra`` (epoch, iteration, source, ...) goes into the file-level header."""
+    if not isinstance(trunks, Mapping) or not trunks:
+        raise ValueError(f"export_encoders: expected a non-empty {{name: Backbone}} mapping, got {trunks!r}")
+    bad = [n for n in trunks if not isinstance(n, str) or not n]
+    if bad:
+        raise ValueError(f"export_encoders: trunk names must be non-empty strings, got {bad}")
+    reserved = sorted(set(extra) & {"format", "trunks", "trunk", *TRUNK_FIELDS})
+    if reserved:
+        raise ValueError(f"export_encoders: {reserved} are header fields the exporter writes itself")
+    payload = {
+        "format": FORMAT_MULTI,
+        "trunks": {name: trunk_entry(backbone) for name, backbone in trunks.items()},
         "normalization": dict(normalization or {}),
         "method": method,
         "package_version": __version__,
         **extra,
-        "state_dict": state,
     }
     atomic_save(payload, path)
     return payload
 
 
-def read_encoder(path: str) -> dict:
-    """Load and validate an ``encoder.pt`` (``weights_only=True``)."""
+def export_encoder(
+    backbone: Backbone, path: str, method: str, normalization: dict | None = None, **extra
+) -> dict:
+    """Write ``backbone.trunk``'s weights and header to ``path`` (atomically) as a format-1 file (one
+    trunk; it reads as the trunk named ``"encoder"``); returns the payload. Several trunks:
+    :func:`export_encoders`."""
+    entry = trunk_entry(backbone)
+    reserved = sorted(set(extra) & {"format", "trunks", "trunk", *TRUNK_FIELDS})
+    if reserved:
+        raise ValueError(f"export_encoder: {reserved} are header fields the exporter writes itself")
+    payload = {
+        "format": FORMAT_SINGLE,
+        **{k: v for k, v in entry.items() if k != "state_dict"},
+        "normalization": dict(normalization or {}),
+        "method": method,
+        "package_version": __version__,
+        **extra,
+        "state_dict": entry["state_dict"],
+    }
+    atomic_save(payload, path)
+    return payload
+
+
+def _upgrade(payload: dict, source: str) -> dict:
+    """A format-1 payload as a format-2 one (one trunk named ``"encoder"``)."""
+    missing = [k for k in HEADER_KEYS if k not in payload]
+    if missing:
+        raise EncoderLoadError(f"{source}: encoder header lacks {missing}")
+    trunk = {k: payload[k] for k in TRUNK_FIELDS if k in payload}
+    rest = {k: v for k, v in payload.items() if k not in TRUNK_FIELDS}
+    return {**rest, "trunks": {DEFAULT_TRUNK: trunk}}
+
+
+def _validate(payload, source: str) -> dict:
+    if not isinstance(payload, dict) or ("trunks" not in payload and "state_dict" not in payload):
+        raise EncoderLoadError(
+            f"{source} is not an encoder file: no 'trunks' (format 2) or 'state_dict' (format 1) "
+            "(expected the monai-ssl-ext format)"
+        )
+    fmt = payload.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise EncoderLoadError(
+            f"{source}: encoder format {fmt!r} is not supported (this version reads formats {list(READABLE_FORMATS)})"
+        )
+    if fmt == 1:
+        return _upgrade(payload, source)
+    missing = [k for k in (*FILE_REQUIRED, "trunks") if k not in payload]
+    if missing:
+        raise EncoderLoadError(f"{source}: encoder header lacks {missing}")
+    trunks = payload["trunks"]
+    if not isinstance(trunks, dict) or not trunks:
+        raise EncoderLoadError(f"{source}: 'trunks' must be a non-empty {{name: trunk}} dict")
+    for name, entry in trunks.items():
+        lacks = [k for k in TRUNK_REQUIRED if not isinstance(entry, dict) or k not in entry]
+        if lacks:
+            raise EncoderLoadError(f"{source}: trunk {name!r} lacks {lacks}")
+    return payload
+
+
+def read_encoder_file(path: str) -> dict:
+    """Load and validate a whole ``encoder.pt`` (``weights_only=True``): the payload in the format-2
+    layout, every trunk under ``"trunks"`` (a format-1 file comes back in that layout with one trunk
+    named ``"encoder"``; its ``"format"`` stays 1)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"encoder file not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, pickled objects ...
         raise EncoderLoadError(f"cannot read encoder file {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise EncoderLoadError(f"{path} is not an encoder file: no 'state_dict' (expected the monai-ssl-ext format)")
-    missing = [k for k in HEADER_KEYS if k not in payload]
-    if missing:
-        raise EncoderLoadError(f"{path}: encoder header lacks {missing}")
-    if payload["format"] != FORMAT_VERSION:
-        raise EncoderLoadError(f"{path}: encoder format {payload['format']} is not supported (expected {FORMAT_VERSION})")
-    return payload
+    return _validate(payload, path)
+
+
+def select_trunk(payload: dict, trunk: str | None = None, source: str = "<payload>") -> dict:
+    """The trunk view of one trunk of an encoder payload (format 2, or 1): file fields, the trunk's
+    fields on top, ``"trunk"``: its name. ``trunk=None`` takes the only trunk; a missing or ambiguous
+    name is an error that lists the trunks. A payload that already is one trunk (a view, a format-1
+    payload) is that trunk."""
+    if "trunks" not in payload and "state_dict" in payload:  # one trunk's view (or a format-1 payload)
+        name = payload.get("trunk", DEFAULT_TRUNK)
+        if trunk is not None and trunk != name:
+            raise EncoderLoadError(f"{source} has no trunk {trunk!r}; its trunks: [{name!r}]")
+        return payload if "trunk" in payload else {**payload, "trunk": name}
+    if "trunks" not in payload:
+        payload = _validate(payload, source)
+    trunks = payload["trunks"]
+    if trunk is None:
+        if len(trunks) != 1:
+            raise EncoderLoadError(
+                f"{source} holds {len(trunks)} trunks {sorted(trunks)}: pick one with trunk=<name>"
+            )
+        trunk = next(iter(trunks))
+    elif trunk not in trunks:
+        raise EncoderLoadError(f"{source} has no trunk {trunk!r}; its trunks: {sorted(trunks)}")
+    rest = {k: v for k, v in payload.items() if k != "trunks"}
+    return {**rest, **trunks[trunk], "trunk": trunk}
+
+
+def read_encoder(path: str, trunk: str | None = None) -> dict:
+    """Load and validate an ``encoder.pt`` (``weights_only=True``); returns the trunk view of
+    ``trunk`` (the only one when None)."""
+    return select_trunk(read_encoder_file(path), trunk, path)
 
 
 def _timm_payload(model_name: str) -> dict:
-    """ImageNet weights through timm's own loading path (``pretrained=True``)."""
+    """ImageNet weights through timm's own loading path (``pretrained=True``), as a one-trunk
+    (format-1) payload."""
     import timm
 
     if not timm.is_model(model_name):
@@ -156,16 +291,17 @@ def _timm_payload(model_name: str) -> dict:
             f"weight spec 'timm:{model_name}': timm could not load pretrained weights ({type(e).__name__}: {e}). "
             "They are downloaded from the Hugging Face hub: go online once, or put them in the HF cache."
         ) from e
+    arch = TIMM_PREFIX + model_name
+    family = family_of_arch(arch)
     cfg = model.pretrained_cfg
-    first_conv = cfg.get("first_conv", "conv1")
-    first_conv = first_conv[0] if isinstance(first_conv, (list, tuple)) else first_conv
     return {
-        "format": FORMAT_VERSION,
-        "arch": TIMM_PREFIX + model_name,
+        "format": FORMAT_SINGLE,
+        "arch": arch,
         "spatial_dims": 2,
-        "in_channels": model.pretrained_cfg.get("input_size", (3,))[0],
-        "feature_dim": model.num_features,
-        "first_conv": f"{first_conv}.weight",
+        "in_channels": cfg.get("input_size", (3,))[0],
+        "arch_params": {},
+        "feature_dim": family.feature_dim(model),
+        "first_conv": first_conv_key(family, model),
         "normalization": {"mean": list(cfg.get("mean", ())), "std": list(cfg.get("std", ()))},
         "method": f"timm:{cfg.get('tag') or 'pretrained'}",
         "state_dict": model.state_dict(),
@@ -192,101 +328,25 @@ def encoder_learning_rate(spec, ssl_lr: float, baseline_lr: float) -> float:
     return float(baseline_lr if is_baseline_init(spec) else ssl_lr)
 
 
-def resolve_weight_spec(spec: str | None) -> tuple[str, dict] | None:
-    """Weight spec → ``(source description, payload)``; ``None`` for random initialisation."""
+def resolve_weight_spec(spec: str | None, trunk: str | None = None) -> tuple[str, dict] | None:
+    """Weight spec → ``(source description, trunk view)``; ``None`` for random initialisation.
+    ``trunk`` names the trunk of a file that holds several."""
     if is_random_init(spec):
         return None
     if not isinstance(spec, str):
         raise ValueError(f"weight spec must be a path, 'timm:<model-name>' or null, got {spec!r}")
     if spec.startswith("timm:"):
-        return spec, _timm_payload(spec[len("timm:") :])
-    return spec, read_encoder(spec)
+        return spec, select_trunk(_timm_payload(spec[len("timm:") :]), trunk, spec)
+    return spec, read_encoder(spec, trunk)
 
 
-# ---- key maps --------------------------------------------------------------------------------
-
-def _family(arch: str) -> str:
-    if arch.startswith(TIMM_PREFIX):
-        name = arch[len(TIMM_PREFIX) :]
-        if re.match(r"^tf_efficientnet_(b\d|l2)", name):
-            return "timm-tf-efficientnet"
-        return "timm"
-    if arch == "vit":
-        return "monai-vit"
-    if arch.startswith("efficientnet"):
-        return "monai-efficientnet"
-    if re.match(r"^resnet\d+$", arch):
-        return "monai-resnet"
-    return arch
-
-
-def _target_family(target: nn.Module) -> str:
-    from monai.networks.nets import ViT
-    from monai.networks.nets.efficientnet import EfficientNet
-    from monai.networks.nets.resnet import ResNet
-
-    if isinstance(target, Backbone):
-        return _family(target.arch)
-    if isinstance(target, ViT):
-        return "monai-vit"
-    if isinstance(target, EfficientNet):
-        return "monai-efficientnet"
-    if isinstance(target, ResNet):
-        return "monai-resnet"
-    return type(target).__name__
-
-
-_TF_EFFNET_BLOCK = {  # timm block tensor → MONAI MBConvBlock tensor
-    "conv_dw": "_depthwise_conv",
-    "se.conv_reduce": "_se_reduce",
-    "se.conv_expand": "_se_expand",
-}
-_TF_EFFNET_DS = {"conv_pw": "_project_conv", "bn1": "_bn1", "bn2": "_bn2"}  # first stage: no expansion
-_TF_EFFNET_IR = {"conv_pw": "_expand_conv", "bn1": "_bn0", "bn2": "_bn1", "conv_pwl": "_project_conv", "bn3": "_bn2"}
-_TF_EFFNET_TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1"}
-
-
-def _map_tf_efficientnet(src_keys: list[str], dst_keys: list[str]) -> dict[str, str]:
-    """timm ``tf_efficientnet_bN`` → MONAI EfficientNet: timm numbers blocks per stage
-    (``blocks.s.j``), MONAI globally (``_blocks.s.g``); tensor names differ by a fixed table."""
-    dst_blocks = sorted(
-        {tuple(map(int, m.groups())) for k in dst_keys if (m := re.match(r"^_blocks\.(\d+)\.(\d+)\.", k))}
-    )
-    src_blocks = sorted(
-        {tuple(map(int, m.groups())) for k in src_keys if (m := re.match(r"^blocks\.(\d+)\.(\d+)\.", k))}
-    )
-    block_map = dict(zip(src_blocks, dst_blocks))
-    mapping = {}
-    for key in src_keys:
-        m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)\.(\w+)$", key)
-        if m:
-            stage, idx, module, tensor = int(m[1]), int(m[2]), m[3], m[4]
-            if (stage, idx) not in block_map:
-                continue
-            table = {**_TF_EFFNET_BLOCK, **(_TF_EFFNET_DS if stage == 0 else _TF_EFFNET_IR)}
-            if module in table:
-                s, g = block_map[(stage, idx)]
-                mapping[key] = f"_blocks.{s}.{g}.{table[module]}.{tensor}"
-            continue
-        module, _, tensor = key.rpartition(".")
-        if module in _TF_EFFNET_TOP:
-            mapping[key] = f"{_TF_EFFNET_TOP[module]}.{tensor}"
-    return mapping
-
-
-# (source family, target family) → key map; identity when absent.
-KEY_MAPS: dict[tuple[str, str], Callable[[list[str], list[str]], dict[str, str]]] = {
-    ("timm-tf-efficientnet", "monai-efficientnet"): _map_tf_efficientnet,
-}
-
+# ---- key maps (from the family registry) -----------------------------------------------------
 
 def map_encoder_keys(src_arch: str, src_keys: list[str], target: nn.Module) -> dict[str, str]:
-    """Source-trunk key → downstream-trunk key, for the pair of families involved."""
-    dst_keys = list(target.state_dict())
-    fn = KEY_MAPS.get((_family(src_arch), _target_family(target)))
-    if fn is not None:
-        return fn(src_keys, dst_keys)
-    return {k: k for k in src_keys}
+    """Source-trunk key → downstream-trunk key, for the pair of families involved (the registry's
+    key map; identity when it has none)."""
+    source = family_of_arch(src_arch)
+    return map_keys(source.name if source else None, list(src_keys), trunk_family(target), list(target.state_dict()))
 
 
 def convert_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -309,10 +369,11 @@ def convert_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tens
 # either way), a ResNet without its stem max-pool the same as one with it, a convolution with
 # stride 1 the same as one with stride 2. Such a trunk loads whole and computes other features, so
 # load_encoder compares these shape-invariant parameters too: the encoder side from the header
-# (ViT: its ``arch_params``; other trunks: the trunk the header's arch builds, made on the meta
-# device), the target side read off the module.
+# (a family with a ``header_signature``, the ViT: its ``arch_params``; other trunks: the trunk the
+# header's arch builds, made on the meta device), the target side read off the module. The named
+# parameters are each family's ``signature`` in the registry (networks/families.py).
 #
-# Checked, by name:
+# Checked, by name (the built-in families):
 #   MONAI ViT (ViT, UNETR.vit, ViTAutoEnc): spatial_dims, in_channels, patch_size, proj_type,
 #       pos_embed_type, number of patches, patch grid (img_size // patch_size: when the target says
 #       its img_size, i.e. a Backbone or ``target_arch_params``), hidden_size, mlp_dim, num_layers,
@@ -325,123 +386,10 @@ def convert_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tens
 #   trunks of the same class, every parameterless layer of the same name (activations, pooling,
 #   padding, rearrangements; dropout and identities excepted).
 
-@dataclass(frozen=True)
-class _Grid:
-    """A ViT input size: compared by patch grid (``img_size // patch_size``), shown with the size."""
 
-    grid: tuple
-    img_size: tuple
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _Grid) and self.grid == other.grid
-
-    def __hash__(self) -> int:
-        return hash(self.grid)
-
-    def __repr__(self) -> str:
-        return f"{self.img_size} (patch grid {self.grid})"
-
-
-def _tuple(value, n: int) -> tuple:
-    from monai.utils import ensure_tuple_rep
-
-    return tuple(int(v) for v in ensure_tuple_rep(value, n))
-
-
-def _grid(img_size, patch_size: tuple) -> _Grid:
-    img = _tuple(img_size, len(patch_size))
-    return _Grid(tuple(i // p for i, p in zip(img, patch_size)), img)
-
-
-def _is_vit(module: nn.Module) -> bool:
-    from monai.networks.blocks import PatchEmbeddingBlock
-
-    return isinstance(getattr(module, "patch_embedding", None), PatchEmbeddingBlock) and hasattr(module, "blocks")
-
-
-def _vit_signature(vit: nn.Module) -> dict:
-    """What a MONAI ViT trunk (ViT, UNETR.vit, ViTAutoEnc) records about its architecture."""
-    pe = vit.patch_embedding
-    proj = pe.patch_embeddings
-    if isinstance(proj, nn.modules.conv._ConvNd):
-        patch = tuple(int(k) for k in proj.kernel_size)
-        in_channels = int(proj.in_channels)
-    else:  # perceptron: Sequential(einops Rearrange with p1, p2[, p3], Linear)
-        lengths = proj[0].axes_lengths
-        patch = tuple(int(lengths[f"p{i}"]) for i in range(1, len(lengths) + 1))
-        in_channels = int(pe.patch_dim) // int(torch.tensor(patch).prod())
-    blocks = list(vit.blocks)
-    heads = [int(b.attn.num_heads) for b in blocks]
-    attn = blocks[0].attn if blocks else None
-    qkv = getattr(attn, "qkv", None) if attn is not None else None
-    if not isinstance(qkv, nn.Linear) and attn is not None:
-        qkv = getattr(attn, "to_q", None)
-    return {
-        "spatial_dims": len(patch),
-        "in_channels": in_channels,
-        "patch_size": patch,
-        "proj_type": str(pe.proj_type),
-        "pos_embed_type": str(pe.pos_embed_type),
-        "n_patches": int(pe.n_patches),
-        "hidden_size": int(pe.position_embeddings.shape[-1]),
-        "mlp_dim": int(blocks[0].mlp.linear1.out_features) if blocks else None,
-        "num_layers": len(blocks),
-        "num_heads": (heads[0] if len(set(heads)) == 1 else tuple(heads)) if heads else None,
-        "qkv_bias": isinstance(qkv, nn.Linear) and qkv.bias is not None,
-        "classification": hasattr(vit, "cls_token"),
-    }
-
-
-def _vit_header_signature(payload: dict) -> dict:
-    """The same parameters as :func:`_vit_signature`, from an encoder header (its ``arch_params``,
-    MONAI ViT's defaults for the ones it leaves out)."""
-    import inspect
-
-    from monai.networks.nets import ViT
-
-    defaults = {
-        k: p.default for k, p in inspect.signature(ViT.__init__).parameters.items() if p.default is not p.empty
-    }
-    p = {**defaults, **payload["arch_params"]}
-    sd = int(payload["spatial_dims"])
-    patch = _tuple(p["patch_size"], sd)
-    grid = _grid(p["img_size"], patch)
-    return {
-        "spatial_dims": sd,
-        "in_channels": int(payload["in_channels"]),
-        "patch_size": patch,
-        "proj_type": str(p["proj_type"]).lower(),
-        "pos_embed_type": str(p["pos_embed_type"]).lower(),
-        "n_patches": int(torch.tensor(grid.grid).prod()),
-        "img_size": grid,
-        "hidden_size": int(p["hidden_size"]),
-        "mlp_dim": int(p["mlp_dim"] or p["hidden_size"]),
-        "num_layers": int(p["num_layers"]),
-        "num_heads": int(p["num_heads"]),
-        "qkv_bias": bool(p["qkv_bias"]),
-        "classification": bool(p.get("classification", False)),
-    }
-
-
-def _spatial_dims(module: nn.Module) -> int | None:
-    conv = next((m for m in module.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-    return len(conv.kernel_size) if conv is not None else None
-
-
-def _signature(module: nn.Module) -> dict:
-    """Named shape-invariant parameters of a trunk (see the comment above)."""
-    if _is_vit(module):
-        return _vit_signature(module)
-    from monai.networks.nets.resnet import ResNet
-
-    sig = {"spatial_dims": _spatial_dims(module)}
-    timm_resnet = type(module).__name__ == "ResNet" and type(module).__module__.startswith("timm.")
-    if isinstance(module, ResNet) and isinstance(module.conv1, nn.modules.conv._ConvNd):
-        sig.update(conv1_stride=tuple(module.conv1.stride), max_pool=not module.no_max_pool,
-                   activation=type(module.act).__name__)
-    elif timm_resnet and isinstance(getattr(module, "conv1", None), nn.modules.conv._ConvNd):
-        sig.update(conv1_stride=tuple(module.conv1.stride), max_pool=not isinstance(module.maxpool, nn.Identity),
-                   activation=type(module.act1).__name__)
+def _signature(module: nn.Module, family=None) -> dict:
+    """Named shape-invariant parameters of a trunk (its family's ``signature``; see the comment above)."""
+    sig = (family.signature if family is not None else conv_signature)(module)
     return {k: v for k, v in sig.items() if v is not None}
 
 
@@ -450,7 +398,8 @@ def _rebuild_source(payload: dict, source: str) -> nn.Module | None:
     header cannot be rebuilt here (then only the named header parameters and the shapes are checked)."""
     arch = payload["arch"]
     arch_params = payload.get("arch_params")
-    if _family(arch) == "monai-vit" and arch_params is None:
+    family = family_of_arch(arch)
+    if family is not None and family.arch_params_required and arch_params is None:
         return None  # sizes unknown: defaults would not be this encoder's
     try:
         with torch.device("meta"):
@@ -533,6 +482,7 @@ def _layer_mismatches(src: nn.Module, dst: nn.Module, mapping: dict[str, str]) -
     return [f"{k}: {v}" for k, v in found.items()]
 
 
+
 def check_architecture(
     target: nn.Module,
     payload: dict,
@@ -543,20 +493,26 @@ def check_architecture(
 ) -> tuple[list[str], list[str]]:
     """Compare the shape-invariant architecture parameters of an encoder (its header) with those of
     a downstream trunk. Returns ``(mismatches, checked)``: one readable line per difference
-    (parameter, encoder header value, target value) and the names of the parameters compared."""
+    (parameter, encoder header value, target value) and the names of the parameters compared.
+    What is compared is each family's ``signature`` / ``header_signature`` / ``declared_params``
+    (:mod:`monai_ssl_ext.networks.families`)."""
+    payload = select_trunk(payload, None, source)
     module = target.trunk if isinstance(target, Backbone) else target
-    target_sig = _signature(module)
+    dst_family = trunk_family(target)
+    declared = dict(dst_family.declared_params) if dst_family is not None else {}
+    target_sig = _signature(module, dst_family)
     if isinstance(target, Backbone):
         target_sig["spatial_dims"] = target.spatial_dims
-        if "img_size" in target.arch_params and "patch_size" in target_sig:
-            target_sig["img_size"] = _grid(target.arch_params["img_size"], target_sig["patch_size"])
+        for key, fn in declared.items():
+            if key in target.arch_params:
+                target_sig[key] = fn(target.arch_params[key], target_sig)
     for key, value in (target_arch_params or {}).items():
-        if key == "img_size" and "patch_size" in target_sig:
-            value = _grid(value, target_sig["patch_size"])
+        if key in declared:
+            value = declared[key](value, target_sig)
         elif key not in target_sig:
             raise ValueError(
                 f"target_arch_params: {key!r} is not a parameter checked for {type(module).__name__} "
-                f"(checked: {sorted([*target_sig, *(['img_size'] if 'patch_size' in target_sig else [])])})"
+                f"(checked: {sorted({*target_sig, *declared})})"
             )
         elif isinstance(target_sig[key], tuple) and not isinstance(value, tuple):
             value = _tuple(value, len(target_sig[key]))
@@ -566,11 +522,12 @@ def check_architecture(
             )
         target_sig[key] = value
 
+    src_family = family_of_arch(payload["arch"])
     rebuilt = _rebuild_source(payload, source)
-    if _family(payload["arch"]) == "monai-vit" and payload.get("arch_params") is not None:
-        header_sig = _vit_header_signature(payload)
+    if src_family is not None and src_family.header_signature is not None and payload.get("arch_params") is not None:
+        header_sig = src_family.header_signature(payload)
     elif rebuilt is not None:
-        header_sig = _signature(rebuilt)
+        header_sig = _signature(rebuilt, src_family)
         header_sig["spatial_dims"] = int(payload["spatial_dims"])
     else:
         header_sig = {"spatial_dims": int(payload["spatial_dims"])}
@@ -608,17 +565,19 @@ def load_encoder(
     expected_normalization: dict | None = None,
     check_arch: bool = True,
     target_arch_params: dict | None = None,
+    trunk: str | None = None,
 ) -> LoadReport | None:
     """Load a weight spec into a downstream trunk (e.g. ``FlexibleUNet.encoder`` or a
     :class:`~monai_ssl_ext.networks.backbones.Backbone`); returns and logs a :class:`LoadReport`.
 
     Args:
         target: the downstream trunk (a ``Backbone`` is loaded through its ``trunk``).
-        spec: a weight spec (path, ``timm:<model-name>``, null) or an already-read payload.
+        spec: a weight spec (path, ``timm:<model-name>``, null) or an already-read payload (a whole
+            file or a trunk view).
         convert_channels: adapt the stem convolution when the input channel counts differ;
             otherwise such a difference is an error.
         strict: raise unless every downstream tensor is filled and every source tensor is used
-            (apart from the per-family ignore list).
+            (apart from the target family's ``ignore_missing``).
         expected_normalization: the finetuning pipeline's input normalisation; a difference from
             the encoder's header is logged as a warning (and recorded in the report).
         check_arch: compare the architecture parameters that tensor shapes do not reveal (ViT
@@ -626,17 +585,20 @@ def load_encoder(
             difference, whatever ``strict`` says: such a trunk loads whole and computes other features.
         target_arch_params: target parameters its module does not record, e.g.
             ``{"img_size": roi_size}`` for ``UNETR.vit`` (compared as the patch grid).
+        trunk: which trunk of the encoder file to load (needed when it holds several; the error
+            lists them).
     """
     if isinstance(spec, dict):
-        source, payload = "<payload>", spec
+        source = "<payload>"
+        payload = select_trunk(spec, trunk, source)
     else:
-        resolved = resolve_weight_spec(spec)
+        resolved = resolve_weight_spec(spec, trunk)
         if resolved is None:
             logger.info("encoder: random initialisation (weight spec is null)")
             return None
         source, payload = resolved
     module = target.trunk if isinstance(target, Backbone) else target
-    family = _target_family(target)
+    family = trunk_family(target)
     src = payload["state_dict"]
     dst = module.state_dict()
     mapping = map_encoder_keys(payload["arch"], list(src), target)
@@ -656,7 +618,7 @@ def load_encoder(
             continue
         new_state[d_key] = tensor
         report.loaded.append(d_key)
-    ignore = [re.compile(p) for p in IGNORE_MISSING.get(family, ())]
+    ignore = [re.compile(p) for p in (family.ignore_missing if family is not None else ())]
     for d_key in dst:
         if d_key not in new_state:
             (report.ignored if any(p.search(d_key) for p in ignore) else report.missing).append(d_key)
@@ -697,7 +659,9 @@ def _failure_message(report: LoadReport, payload: dict, module: nn.Module) -> st
     def head(items):
         return ", ".join(items[:5]) + (f" … (+{len(items) - 5})" if len(items) > 5 else "")
 
-    parts = [f"encoder {report.source} (arch {payload['arch']}) does not fit {type(module).__name__}:"]
+    name = payload.get("trunk", DEFAULT_TRUNK)
+    which = f"arch {payload['arch']}" + ("" if name == DEFAULT_TRUNK else f", trunk {name!r}")
+    parts = [f"encoder {report.source} ({which}) does not fit {type(module).__name__}:"]
     if report.arch_mismatches:
         parts.append(
             f"architecture parameters differ [{'; '.join(report.arch_mismatches[:8])}"
@@ -716,12 +680,18 @@ def _failure_message(report: LoadReport, payload: dict, module: nn.Module) -> st
 
 
 def pretrained_backbone(
-    arch: str | None = None, weights: str | None = None, spatial_dims: int = 2, in_channels: int = 3, **arch_params
+    arch: str | None = None,
+    weights: str | None = None,
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    trunk: str | None = None,
+    **arch_params,
 ) -> Backbone:
     """Build a :class:`Backbone` and load a weight spec into it (strictly, converting the stem
     convolution when the channel counts differ). ``arch=None`` takes the architecture from the
-    encoder file's header; ``arch_params`` (ViT sizes) default to the header's."""
-    resolved = resolve_weight_spec(weights)
+    encoder file's header; ``arch_params`` (ViT sizes) default to the header's; ``trunk`` names the
+    trunk of a file that holds several."""
+    resolved = resolve_weight_spec(weights, trunk)
     if arch is None:
         if resolved is None:
             raise ValueError("pretrained_backbone: give `arch` or an encoder file to take it from")

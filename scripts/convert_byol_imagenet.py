@@ -13,12 +13,13 @@ prefix. SSL-MedSeg (``models/pretrained_models.py``) takes ``target_backbone`` w
 (the default here); BYOL-PyTorch's own ``utils/load_and_convert.py`` takes ``online_backbone`` (``--key
 online_backbone``).
 
-Key mapping: torchvision's ResNet-50 keys are timm's ``resnet50`` keys (same names, shapes and order), so
-after stripping ``module.`` and dropping ``fc.*`` the tensors load strictly into
-``build_backbone("timm/resnet50").trunk``. The README warns that the legacy parameter names are "slightly
-different" from torchvision's; if they do not match, the conversion stops and lists them, and
-``--by_order True`` maps the tensors by position instead (what ``load_and_convert.py`` does), checking every
-shape.
+Key mapping: the trunk-family registry's map for foreign ``torchvision`` checkpoints
+(``monai_ssl_ext.networks.families``; the ``timm`` and ``monai-resnet`` families hold it): torchvision's
+ResNet-50 keys are timm's ``resnet50`` keys (same names, shapes and order), so after stripping ``module.``
+and dropping ``fc.*`` the tensors load strictly into ``build_backbone("timm/resnet50").trunk``. The README
+warns that the legacy parameter names are "slightly different" from torchvision's; if they do not match,
+the conversion stops and lists them, and ``--by_order True`` maps the tensors by position instead (what
+``load_and_convert.py`` does; ``families.map_keys_by_order``), checking every shape.
 
 The result is written with :func:`monai_ssl_ext.encoders.export_encoder`: arch ``timm/resnet50``, 3 input
 channels, method ``byol-imagenet``, ImageNet normalisation (what BYOL trained with). Finetuning or
@@ -36,7 +37,6 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_KEY = "target_backbone"
-PREFIXES = ("module.",)
 
 
 class CheckpointFormatError(ValueError):
@@ -57,18 +57,8 @@ def _load(checkpoint: str) -> dict:
     return payload
 
 
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
 def backbone_state(checkpoint: str, key: str = DEFAULT_KEY) -> dict[str, torch.Tensor]:
-    """The backbone state dict under ``key`` with ``module.`` prefixes stripped and ``fc.*`` dropped."""
+    """The backbone state dict under ``key``, as saved (keys with their ``module.`` prefixes)."""
     payload = _load(checkpoint)
     if key not in payload:
         available = sorted(str(k) for k in payload)
@@ -79,36 +69,31 @@ def backbone_state(checkpoint: str, key: str = DEFAULT_KEY) -> dict[str, torch.T
     state = payload[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) or not state:
         raise CheckpointFormatError(f"{checkpoint}[{key!r}] is not a non-empty state dict of tensors")
-    out = {}
-    for k, v in state.items():
-        name = _strip(str(k))
-        if name.startswith("fc."):
-            continue
-        if name in out:
-            raise CheckpointFormatError(
-                f"{checkpoint}[{key!r}]: two tensors map to {name!r} after stripping {PREFIXES}"
-            )
-        out[name] = v
-    return out
+    return {str(k): v for k, v in state.items()}
 
 
 def map_to_trunk(state: dict[str, torch.Tensor], trunk: torch.nn.Module, by_order: bool = False,
                  source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Map ``state`` onto ``trunk``'s keys: by name (default) or by position (``by_order``), checking shapes.
-    ``num_batches_tracked`` counters missing from the source are set to 0."""
+    """Map ``state`` onto ``trunk``'s keys with the registry's ``torchvision`` key map (``module.``
+    stripped, ``fc.*`` dropped): by name (default) or, over the tensors that map keeps, by position
+    (``by_order``), checking shapes. ``num_batches_tracked`` counters missing from the source are set to 0."""
+    from monai_ssl_ext.networks.families import TORCHVISION, family_of_module, map_keys, map_keys_by_order
+
     dst = trunk.state_dict()
+    named = map_keys(TORCHVISION, list(state), family_of_module(trunk), list(dst))
+    seen: dict[str, str] = {}
+    for s_key, d_key in named.items():
+        if d_key in seen:
+            raise CheckpointFormatError(f"{source}: {seen[d_key]} and {s_key} both map to {d_key!r}")
+        seen[d_key] = s_key
     if by_order:
-        src_items = list(state.items())
-        dst_keys = list(dst)
-        if len(src_items) != len(dst_keys):  # a source saved without BN counters
-            dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
-        if len(src_items) != len(dst_keys):
-            raise CheckpointFormatError(
-                f"{source}: {len(src_items)} tensors but the trunk has {len(dst)} ({len(dst_keys)} without BN "
-                "counters); cannot map by order"
-            )
+        try:
+            pairs = map_keys_by_order(list(named), list(dst))
+        except ValueError as e:
+            raise CheckpointFormatError(f"{source}: {e}") from None
         mapped = {}
-        for (s_key, tensor), d_key in zip(src_items, dst_keys):
+        for s_key, d_key in pairs.items():
+            tensor = state[s_key]
             if tensor.shape != dst[d_key].shape or tensor.is_floating_point() != dst[d_key].is_floating_point():
                 raise CheckpointFormatError(
                     f"{source}: by order, {s_key} {tuple(tensor.shape)} {tensor.dtype} would go to {d_key} "
@@ -116,15 +101,15 @@ def map_to_trunk(state: dict[str, torch.Tensor], trunk: torch.nn.Module, by_orde
                 )
             mapped[d_key] = tensor
     else:
-        missing = [k for k in dst if k not in state and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in state if k not in dst]
+        missing = [k for k in dst if k not in seen and not k.endswith("num_batches_tracked")]
+        unexpected = [d for d in seen if d not in dst]
         if missing or unexpected:
             raise CheckpointFormatError(
                 f"{source} does not match the trunk's keys: {len(missing)} missing {missing[:5]}, "
                 f"{len(unexpected)} unexpected {unexpected[:5]}. If the names differ but the tensors are in "
                 "torchvision order, pass --by_order True"
             )
-        mapped = dict(state)
+        mapped = {d_key: state[s_key] for d_key, s_key in seen.items()}
         for k, tensor in mapped.items():
             if tensor.shape != dst[k].shape:
                 raise CheckpointFormatError(

@@ -83,7 +83,7 @@ def test_byol_wrapper_shapes_target_and_params():
     for (n, o), (_, t) in zip(model.online_modules().state_dict().items(), model.target_modules().state_dict().items()):
         assert torch.equal(o, t), n
     keys = model.state_dict().keys()
-    assert any(k.startswith("target_backbone.") for k in keys) and any(k.startswith("target_projector.") for k in keys)
+    assert any(k.startswith("pair.target.backbone.") for k in keys) and any(k.startswith("pair.target.projector.") for k in keys)
 
     x0, x1 = _views()
     p0, p1, z0, z1 = model(x0, x1)
@@ -127,7 +127,7 @@ def test_byol_ssl_trainer_ema_and_grad_clip():
     tau * target_0 + (1 - tau) * online_1 for every parameter; buffers are not copied by the EMA, the target's BN
     statistics come from its own train-mode forward."""
     model = _byol()
-    target_0 = [t.detach().clone() for t in model.target_modules().parameters()]
+    target_0 = [t.detach().clone() for t in model.pair.target.parameters()]
     x0, x1 = _views(n=8)
     data = [{"image": a, "image_2": b} for a, b in zip(x0, x1)]
     opt = torch.optim.SGD(model.online_parameters(), lr=0.5)
@@ -135,23 +135,23 @@ def test_byol_ssl_trainer_ema_and_grad_clip():
         device=torch.device("cpu"), max_epochs=1, train_data_loader=DataLoader(data, batch_size=8),
         network=model, optimizer=opt, loss_function=BYOLLoss(),
     )
-    ema = EMATargetUpdate(model.online_modules(), model.target_modules(), base_momentum=0.9, final_momentum=1.0)
+    ema = EMATargetUpdate(pair=model.pair, base_momentum=0.9, final_momentum=1.0)
     ema.attach(trainer)
     clip = GradientClip(max_norm=1e-3)
     clip.attach(trainer)
     trainer.run()
     assert clip.last_norm > 1e-3
     assert ema.momentum == 0.9
-    online_1 = list(model.online_modules().parameters())
+    online_1 = list(model.pair.online.parameters())
     moved = 0.0
-    for t0, t1, o1 in zip(target_0, model.target_modules().parameters(), online_1):
+    for t0, t1, o1 in zip(target_0, model.pair.target.parameters(), online_1):
         assert torch.allclose(t1, 0.9 * t0 + 0.1 * o1, atol=1e-6)
         moved = max(moved, float((o1.detach() - t0).abs().max()))
     assert moved > 0  # the online net changed, so the target moved towards it
     # the target ran its own train-mode forward (no grad) on the same batch with the same weights as the online net
     # (step 0), one forward per view, so its BN statistics were updated twice and equal the online's; the EMA itself
     # does not copy them
-    for (name, o), t in zip(model.online_modules().named_buffers(), model.target_modules().buffers()):
+    for (name, o), t in zip(model.pair.online.named_buffers(), model.pair.target.buffers()):
         torch.testing.assert_close(t, o, msg=name)
         if name.endswith("num_batches_tracked"):
             assert int(t) == 2

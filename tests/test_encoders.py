@@ -380,3 +380,104 @@ def test_resnet_stem_and_strides_are_checked(tmp_path):
         load_encoder(resnet(act="leakyrelu"), str(path))
     report = load_encoder(resnet(), str(path))
     assert report.ok and {"conv1_stride", "max_pool", "layer settings"} <= set(report.arch_checked)
+
+
+# ---- encoder format 2: several named trunks in one file; format 1 still loads ------------------
+
+VIT_TINY = dict(img_size=16, patch_size=8, hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2)
+
+
+def test_format2_file_with_two_trunks_loads_each_by_name(tmp_path):
+    from monai_ssl_ext.encoders import export_encoders
+
+    cnn = build_backbone("resnet18", spatial_dims=2, in_channels=1)
+    vit = build_backbone("vit", spatial_dims=2, in_channels=1, **VIT_TINY)
+    _randomise(cnn.trunk, seed=21), _randomise(vit.trunk, seed=22)
+    path = tmp_path / "encoder.pt"
+    export_encoders({"slice_encoder": cnn, "slice_transformer": vit}, str(path), method="joint2d3d",
+                    normalization={"mean": [0.2], "std": [0.3]}, epoch=4)
+
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["format"] == 2 and sorted(raw["trunks"]) == ["slice_encoder", "slice_transformer"]
+    assert raw["method"] == "joint2d3d" and raw["epoch"] == 4 and "state_dict" not in raw
+    header = {k: v for k, v in raw["trunks"]["slice_transformer"].items() if k != "state_dict"}
+    assert header == {"arch": "vit", "spatial_dims": 2, "in_channels": 1, "arch_params": vit.arch_params,
+                      "feature_dim": 16, "first_conv": "patch_embedding.patch_embeddings.weight"}
+
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    target = build_backbone("resnet18", spatial_dims=2, in_channels=1)
+    report = load_encoder(target, str(path), trunk="slice_encoder")
+    assert report.ok and report.header["trunk"] == "slice_encoder" and report.header["method"] == "joint2d3d"
+    cnn.eval(), target.eval()
+    with torch.no_grad():
+        assert _rel_err(target(x), cnn(x)) <= 1e-5
+    rebuilt = pretrained_backbone(arch=None, weights=str(path), in_channels=1, trunk="slice_transformer")
+    assert rebuilt.arch == "vit" and rebuilt.arch_params == vit.arch_params and rebuilt.load_report.ok
+    vit.eval(), rebuilt.eval()
+    with torch.no_grad():
+        assert _rel_err(rebuilt(x[..., :16, :16]), vit(x[..., :16, :16])) <= 1e-5
+    view = read_encoder(str(path), trunk="slice_transformer")
+    assert view["arch"] == "vit" and view["normalization"] == {"mean": [0.2], "std": [0.3]} and view["epoch"] == 4
+
+
+def test_format2_trunk_name_missing_or_ambiguous_lists_the_trunks(tmp_path):
+    from monai_ssl_ext.encoders import export_encoders
+
+    path = tmp_path / "encoder.pt"
+    export_encoders({"a": build_backbone("resnet10"), "b": build_backbone("resnet10")}, str(path), method="x")
+    target = build_backbone("resnet10")
+    with pytest.raises(EncoderLoadError, match=r"no trunk 'c'; its trunks: \['a', 'b'\]") as err:
+        load_encoder(target, str(path), trunk="c")
+    assert str(path) in str(err.value)
+    with pytest.raises(EncoderLoadError, match=r"holds 2 trunks \['a', 'b'\]: pick one with trunk=<name>"):
+        load_encoder(target, str(path))
+    with pytest.raises(EncoderLoadError, match=r"no trunk 'c'"):
+        read_encoder(str(path), trunk="c")
+    assert load_encoder(target, str(path), trunk="b").ok
+
+
+def test_single_trunk_exports(tmp_path):
+    """``export_encoder`` writes one trunk as format 1 (flat); ``export_encoders`` with one trunk
+    writes format 2; both read as one trunk view and load without naming the trunk."""
+    from monai_ssl_ext.encoders import export_encoders
+
+    backbone = build_backbone("resnet10")
+    flat, named = tmp_path / "flat.pt", tmp_path / "named.pt"
+    payload = export_encoder(backbone, str(flat), method="simclr", normalization=NORM, epoch=2)
+    raw = torch.load(flat, map_location="cpu", weights_only=True)
+    assert raw["format"] == 1 and raw["arch"] == "resnet10" and set(raw) == set(payload) and "trunks" not in raw
+    export_encoders({"slice_encoder": backbone}, str(named), method="simclr", normalization=NORM, epoch=2)
+    a, b = read_encoder(str(flat)), read_encoder(str(named))
+    assert a["trunk"] == "encoder" and b["trunk"] == "slice_encoder"
+    assert {k: v for k, v in a.items() if k not in ("format", "trunk", "state_dict")} == {
+        k: v for k, v in b.items() if k not in ("format", "trunk", "state_dict")}
+    assert load_encoder(build_backbone("resnet10"), str(flat), trunk="encoder").ok
+    assert load_encoder(build_backbone("resnet10"), str(named)).ok
+    with pytest.raises(ValueError, match="state_dict"):
+        export_encoder(backbone, str(tmp_path / "x.pt"), method="simclr", state_dict={})
+
+
+def test_format1_file_still_loads(tmp_path):
+    """A file in the layout 0.2.0 wrote (flat header, one ``state_dict``) loads as trunk "encoder"."""
+    source = build_backbone("resnet18")
+    _randomise(source.trunk, seed=9)
+    path = tmp_path / "old_encoder.pt"
+    torch.save({
+        "format": 1, "arch": "resnet18", "spatial_dims": 2, "in_channels": 3, "feature_dim": 512,
+        "first_conv": "conv1.weight", "arch_params": {}, "normalization": NORM, "method": "simclr",
+        "package_version": "0.2.0", "epoch": 3, "iteration": 30,
+        "state_dict": {k: v.clone() for k, v in source.trunk.state_dict().items()},
+    }, path)
+    view = read_encoder(str(path))
+    assert view["format"] == 1 and view["trunk"] == "encoder" and view["epoch"] == 3 and view["arch"] == "resnet18"
+    net = FlexibleUNet(3, 2, backbone="resnet18", pretrained=False)
+    report = load_encoder(net.encoder, str(path), trunk="encoder")
+    assert report.ok and report.header["method"] == "simclr"
+    source.eval(), net.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        for r, g in zip(source.feature_maps(x), net.encoder(x)):
+            assert _rel_err(g, r) <= 1e-5
+    with pytest.raises(EncoderLoadError, match=r"no trunk 'slice_encoder'; its trunks: \['encoder'\]"):
+        load_encoder(net.encoder, str(path), trunk="slice_encoder")
+    assert pretrained_backbone(arch=None, weights=str(path)).load_report.ok

@@ -6,3 +6,4 @@ from .tracking import TrackParams, flatten_params
 from .embeddings import EmbeddingWriter
 from .overlay import OverlayWriter, require_checkpoint
 from .grad_clip import GradientClip
+from .ssl_state import FeatureQueue, KMeansState, MemoryBank

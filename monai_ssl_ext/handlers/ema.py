@@ -1,4 +1,5 @@
-"""Exponential-moving-average (EMA) update of a target network, as in BYOL / MoCo / DINO.
+"""Exponential-moving-average (EMA) update of a target network, as in BYOL / MoCo / DINO: the one EMA handler,
+over a :class:`~monai_ssl_ext.networks.MomentumPair` (or an online / target module pair).
 
 Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning", NeurIPS 2020
 (https://arxiv.org/abs/2006.07733), Sec. 3.1 / appendix:
@@ -22,8 +23,9 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ..engines.steps import optimizer_steps, steps_now, total_optimizer_steps
+from ..networks.momentum import MomentumPair
 
-__all__ = ["cosine_momentum", "EMATargetUpdate"]
+__all__ = ["cosine_momentum", "EMATargetUpdate", "find_pair"]
 
 
 def cosine_momentum(step: int, total_steps: int, base: float, final: float) -> float:
@@ -44,8 +46,41 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
+def find_pair(network: nn.Module) -> MomentumPair:
+    """``network`` itself if it is a :class:`~monai_ssl_ext.networks.MomentumPair`, else the one pair among its
+    submodules (a BYOL / MoCo wrapper, possibly in ``DistributedDataParallel``); raises unless there is exactly one."""
+    network = _unwrap(network)
+    if isinstance(network, MomentumPair):
+        return network
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"EMATargetUpdate: pair must be a MomentumPair or a network holding one, got "
+                        f"{type(network).__name__}")
+    found = [(name, m) for name, m in network.named_modules() if isinstance(m, MomentumPair)]
+    if len(found) != 1:
+        names = ", ".join(repr(n) for n, _ in found) or "none"
+        raise ValueError(f"EMATargetUpdate: {type(network).__name__} must hold exactly one MomentumPair, found "
+                         f"{names}; pass the pair itself (e.g. pair=\"$@network_def.pair\")")
+    return found[0][1]
+
+
+def _check_same_structure(online: nn.Module, target: nn.Module) -> None:
+    for kind, a, b in (("parameter", online.named_parameters(), target.named_parameters()),
+                       ("buffer", online.named_buffers(), target.named_buffers())):
+        a, b = [(n, tuple(t.shape)) for n, t in a], [(n, tuple(t.shape)) for n, t in b]
+        if a != b:
+            first = next((x, y) for x, y in zip(a + [None], b + [None]) if x != y)  # type: ignore[operator]
+            raise ValueError(f"online and target differ at the first {kind} mismatch: online {first[0]} vs "
+                             f"target {first[1]} ((name, shape), None = missing).")
+
+
 class EMATargetUpdate:
-    """Ignite handler updating ``target`` as an EMA of ``online`` after every iteration (BYOL, Grill et al. 2020).
+    """Ignite handler updating a target network as an EMA of its online network after every optimizer step (BYOL,
+    Grill et al. 2020; MoCo v3; DINO's teacher).
+
+    The networks are a :class:`~monai_ssl_ext.networks.MomentumPair` (``pair=``: the pair, or a network holding
+    exactly one, e.g. ``"pair": "$@network_def.pair"``), or, as before the pair existed, two modules
+    ``online`` / ``target`` with the same parameter and buffer names and shapes
+    (``EMATargetUpdate(online, target)``; a pair passed as ``online`` alone is taken as ``pair``).
 
     At ``Events.ITERATION_COMPLETED`` of the iteration whose optimizer step is the ``k``-th (0-based; with
     MONAI's ``accumulation_steps`` only the iterations that step update the target, once per optimizer step),
@@ -56,40 +91,58 @@ class EMATargetUpdate:
         target_param <- tau_k * target_param + (1 - tau_k) * online_param,   tau_k = cosine_momentum(k, K, base, final)
 
     Buffers (e.g. batch-norm running mean / variance and ``num_batches_tracked``) are *not* touched: the target's
-    come from its own forward passes (train mode, e.g. :class:`~monai_ssl_ext.networks.BYOL`'s target branch under
-    ``torch.no_grad()``), as in solo-learn, so an exported target encoder carries the statistics of the target
-    network rather than of the online one. Parameter and buffer names and shapes must still match. The target's
-    parameters are set to not require gradients. The momentum used last is kept in ``self.momentum``.
+    come from its own forward passes (train mode, e.g. :meth:`MomentumPair.forward_target
+    <monai_ssl_ext.networks.MomentumPair.forward_target>` under ``torch.no_grad()``), as in solo-learn, so an
+    exported target encoder carries the statistics of the target network rather than of the online one. The
+    target's parameters are set to not require gradients. The momentum used last is kept in ``self.momentum``;
+    the handler has no other state (``k`` comes from the engine's iteration, which a resumed run restores).
 
     Args:
-        online: the trained network (may be wrapped in ``DistributedDataParallel``).
-        target: the EMA network, with the same parameter and buffer names and shapes (its buffers are its own).
+        online: the trained network (may be wrapped in ``DistributedDataParallel``), or a ``MomentumPair``.
+        target: the EMA network, with the same parameter and buffer names and shapes (its buffers are its own);
+            None with ``pair``.
         base_momentum: ``tau_base`` (0.99 in BYOL; 0.996 for its 1000-epoch runs).
         final_momentum: momentum reached at ``K`` (1.0 in BYOL).
         total_steps: ``K``; ``None`` uses ``engine.state.max_epochs * engine.state.epoch_length``.
+        pair: the ``MomentumPair`` (or a network holding exactly one), instead of ``online`` / ``target``.
     """
 
     def __init__(
         self,
-        online: nn.Module,
-        target: nn.Module,
+        online: nn.Module | None = None,
+        target: nn.Module | None = None,
         base_momentum: float = 0.99,
         final_momentum: float = 1.0,
         total_steps: int | None = None,
+        pair: nn.Module | None = None,
     ) -> None:
-        self.online, self.target = _unwrap(online), _unwrap(target)
-        for kind, a, b in (("parameter", self.online.named_parameters(), self.target.named_parameters()),
-                           ("buffer", self.online.named_buffers(), self.target.named_buffers())):
-            a, b = [(n, tuple(t.shape)) for n, t in a], [(n, tuple(t.shape)) for n, t in b]
-            if a != b:
-                first = next((x, y) for x, y in zip(a + [None], b + [None]) if x != y)  # type: ignore[operator]
-                raise ValueError(f"online and target differ at the first {kind} mismatch: online {first[0]} vs "
-                                 f"target {first[1]} ((name, shape), None = missing).")
+        if pair is None and target is None and isinstance(_unwrap(online), MomentumPair):
+            online, pair = None, online
+        if pair is not None:
+            if online is not None or target is not None:
+                raise ValueError("EMATargetUpdate: give either `pair` or `online` and `target`, not both")
+            self.pair: MomentumPair | None = find_pair(pair)
+            self._online = self._target = None
+        else:
+            if online is None or target is None:
+                raise ValueError("EMATargetUpdate: give `pair` (a MomentumPair) or both `online` and `target`")
+            self.pair, self._online, self._target = None, _unwrap(online), _unwrap(target)
+        _check_same_structure(self.online, self.target)
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be > 0, got {total_steps}.")
         self.base_momentum, self.final_momentum, self.total_steps = base_momentum, final_momentum, total_steps
         self.momentum = base_momentum
         self.target.requires_grad_(False)
+
+    @property
+    def online(self) -> nn.Module:
+        """The trained network (the pair's ``online``, read at every update)."""
+        return self.pair.online if self.pair is not None else self._online
+
+    @property
+    def target(self) -> nn.Module:
+        """The EMA network (the pair's ``target``, read at every update)."""
+        return self.pair.target if self.pair is not None else self._target
 
     def attach(self, engine: Engine) -> None:
         """Register this handler on ``Events.ITERATION_COMPLETED`` of ``engine`` (once)."""

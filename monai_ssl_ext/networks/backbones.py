@@ -1,6 +1,6 @@
-"""Build an encoder trunk by name: MONAI's FlexibleUNet encoders (2D/3D) or any timm model (2D).
+"""Build an encoder trunk by name; every kind of trunk is a family in :mod:`.families`.
 
-Names
+Names (see :mod:`.families` for the registry and how to add a family)
     * a name FlexibleUNet accepts (``efficientnet-b0`` … ``efficientnet-b8``, ``efficientnet-l2``,
       ``resnet10`` … ``resnet200``) builds MONAI's own encoder, the very module
       ``FlexibleUNet(backbone=name).encoder`` holds, so an exported trunk loads into FlexibleUNet
@@ -21,28 +21,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "build_backbone", "freeze_unused_vit_norms", "monai_backbone_names"]
+from .families import (  # noqa: F401  (TIMM_PREFIX, VIT_DEFAULTS: re-exported for older imports)
+    TIMM_PREFIX,
+    VIT_DEFAULTS,
+    TrunkFamily,
+    family_of_arch,
+    family_of_module,
+    first_conv_key,
+    freeze_unused_vit_norms,
+    get_family,
+    known_arch_names,
+    monai_backbone_names,
+    plain_arch_params,
+)
 
-TIMM_PREFIX = "timm/"
-
-
-def monai_backbone_names() -> list[str]:
-    """Names of MONAI's FlexibleUNet encoders."""
-    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
-
-    return sorted(FLEXUNET_BACKBONE.register_dict)
+__all__ = ["Backbone", "build_backbone", "freeze_unused_vit_norms", "monai_backbone_names", "trunk_family"]
 
 
 class Backbone(nn.Module):
     """A named encoder trunk with pooled features.
 
     Args:
-        arch: the name it was built from (stored in the encoder header).
+        arch: the name it was built from (stored in the encoder header); it decides the family.
         trunk: the module whose state dict is the exported encoder.
         feature_dim: size of the pooled feature vector.
         spatial_dims: 2 or 3.
         in_channels: number of input channels.
         first_conv: state-dict key of the stem convolution (for input-channel conversion).
+        arch_params: the architecture parameters it was built with (ViT sizes).
     """
 
     def __init__(
@@ -56,6 +62,10 @@ class Backbone(nn.Module):
         arch_params: dict | None = None,
     ):
         super().__init__()
+        family = family_of_arch(arch)
+        if family is None:
+            raise ValueError(f"Backbone: no trunk family builds arch {arch!r} (known: {known_arch_names()})")
+        self._family_name = family.name
         self.arch_params = dict(arch_params or {})
         self.arch = arch
         self.trunk = trunk
@@ -66,117 +76,54 @@ class Backbone(nn.Module):
 
     @property
     def family(self) -> str:
-        if self.arch.startswith(TIMM_PREFIX):
-            return "timm"
-        if self.arch == "vit":
-            return "monai-vit"
-        return "monai-efficientnet" if self.arch.startswith("efficientnet") else "monai-resnet"
+        """Name of the trunk's family (``monai-efficientnet``, ``monai-resnet``, ``monai-vit``, ``timm`` ...)."""
+        return self._family_name
+
+    @property
+    def family_entry(self) -> TrunkFamily:
+        return get_family(self._family_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, feature_dim)``."""
-        if self.family == "timm":
-            return self.trunk(x)
-        if self.family == "monai-vit":
-            return self.trunk(x)[0].mean(dim=1)  # mean of the patch tokens after the final norm
-        if self.family == "monai-efficientnet":
-            # EfficientNetBN's classification path (stem, blocks, conv head, pooling, dropout) with
-            # the classifier removed: the 1280-d feature torchvision's efficientnet_b0 gives.
-            from monai.networks.nets.efficientnet import EfficientNetBN
-
-            return EfficientNetBN.forward(self.trunk, x)
-        from monai.networks.nets.resnet import ResNet
-
-        return ResNet.forward(self.trunk, x)
+        return self.family_entry.pool(self.trunk, x)
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage feature maps (the list FlexibleUNet's decoder consumes for MONAI trunks)."""
-        if self.family == "timm":
-            return list(self.trunk.forward_intermediates(x, intermediates_only=True))
-        if self.family == "monai-vit":
-            tokens, hidden = self.trunk(x)  # hidden states of every block (UNETR's skips), then the output
-            return [*hidden, tokens]
-        return list(self.trunk(x))
+        return list(self.family_entry.feature_maps(self.trunk, x))
+
+
+def trunk_family(target: nn.Module) -> TrunkFamily | None:
+    """The family of a :class:`Backbone` (by its arch) or of a bare downstream module (by what the
+    registry recognises); None when no family does."""
+    if isinstance(target, Backbone):
+        return family_of_arch(target.arch)
+    return family_of_module(target)
 
 
 def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3, **arch_params) -> Backbone:
     """Build a :class:`Backbone` from a trunk name (see the module docstring); ``arch_params`` size
-    the ``vit`` trunk and are not accepted for the others."""
+    the trunks whose family takes them (``vit``) and are refused for the others."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"backbone: expected a trunk name, got {name!r}")
     if in_channels < 1:
         raise ValueError(f"backbone {name!r}: in_channels must be >= 1, got {in_channels}")
-    if name == "vit":
-        return _vit_backbone(spatial_dims, in_channels, **arch_params)
-    if arch_params:
-        raise ValueError(f"backbone {name!r} takes no architecture parameters, got {sorted(arch_params)}")
-    if name.startswith(TIMM_PREFIX):
-        return _timm_backbone(name, spatial_dims, in_channels)
-    return _monai_backbone(name, spatial_dims, in_channels)
-
-
-def freeze_unused_vit_norms(vit: nn.Module) -> list[str]:
-    """MONAI's ``TransformerBlock`` always holds a ``norm_cross_attn`` LayerNorm that only cross
-    attention uses; without cross attention it never gets a gradient, which makes
-    ``DistributedDataParallel`` fail ("parameters that were not used"). Freeze those (they stay in
-    the state dict and the export); returns the frozen parameter names."""
-    frozen = []
-    for name, block in vit.named_modules():
-        if hasattr(block, "norm_cross_attn") and not getattr(block, "with_cross_attention", False):
-            block.norm_cross_attn.requires_grad_(False)
-            frozen += [f"{name}.norm_cross_attn.{p}" for p, _ in block.norm_cross_attn.named_parameters()]
-    return frozen
-
-
-VIT_DEFAULTS = {
-    "img_size": 96, "patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12,
-    "proj_type": "conv", "qkv_bias": False, "dropout_rate": 0.0,
-}
-
-
-def _vit_backbone(spatial_dims: int, in_channels: int, **arch_params) -> Backbone:
-    from monai.networks.nets import ViT
-
-    unknown = set(arch_params) - set(VIT_DEFAULTS)
-    if unknown:
-        raise ValueError(f"backbone 'vit': unknown parameters {sorted(unknown)}; known: {sorted(VIT_DEFAULTS)}")
-    params = {**VIT_DEFAULTS, **arch_params}
-    for key in ("img_size", "patch_size"):
-        if isinstance(params[key], (list, tuple)):
-            params[key] = [int(v) for v in params[key]]
-    trunk = ViT(in_channels=in_channels, spatial_dims=spatial_dims, classification=False, **params)
-    freeze_unused_vit_norms(trunk)
-    return Backbone("vit", trunk, params["hidden_size"], spatial_dims, in_channels,
-                    "patch_embedding.patch_embeddings.weight", arch_params=params)
-
-
-def _monai_backbone(name: str, spatial_dims: int, in_channels: int) -> Backbone:
-    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
-
-    entry = FLEXUNET_BACKBONE.register_dict.get(name)
-    if entry is None:
-        raise ValueError(
-            f"unknown backbone {name!r}: use one of MONAI's FlexibleUNet encoders "
-            f"({', '.join(monai_backbone_names())}) or 'timm/<model-name>'"
-        )
-    params = dict(entry["parameter"], spatial_dims=spatial_dims, in_channels=in_channels, pretrained=False)
-    trunk = entry["type"](**params)
-    if name.startswith("efficientnet"):
-        trunk._fc = nn.Identity()  # classifier is not part of the trunk
-        return Backbone(name, trunk, trunk._conv_head.out_channels, spatial_dims, in_channels, "_conv_stem.weight")
-    feature_dim = entry["feature_channel"][-1]
-    return Backbone(name, trunk, feature_dim, spatial_dims, in_channels, "conv1.weight")
-
-
-def _timm_backbone(name: str, spatial_dims: int, in_channels: int, pretrained: bool = False) -> Backbone:
-    import timm
-
-    model_name = name[len(TIMM_PREFIX) :]
-    if spatial_dims != 2:
-        raise ValueError(f"backbone {name!r}: timm trunks are 2D only (spatial_dims={spatial_dims})")
-    if not timm.is_model(model_name):
-        raise ValueError(f"unknown backbone {name!r}: timm has no model named {model_name!r}")
-    trunk = timm.create_model(model_name, pretrained=pretrained, num_classes=0, in_chans=in_channels)
-    first_conv = trunk.pretrained_cfg.get("first_conv", "conv1")
-    if isinstance(first_conv, (list, tuple)):
-        first_conv = first_conv[0]
-    return Backbone(name, trunk, trunk.num_features, 2, in_channels, f"{first_conv}.weight")
+    family = family_of_arch(name)
+    if family is None:
+        raise ValueError(f"unknown backbone {name!r}: use one of {known_arch_names()}")
+    if spatial_dims not in family.spatial_dims:
+        dims = " or ".join(f"{d}D" for d in family.spatial_dims)
+        raise ValueError(f"backbone {name!r}: {family.name} trunks are {dims} only (spatial_dims={spatial_dims})")
+    if family.arch_params is None:
+        if arch_params:
+            raise ValueError(f"backbone {name!r} takes no architecture parameters, got {sorted(arch_params)}")
+        params = {}
+    else:
+        unknown = set(arch_params) - set(family.arch_params)
+        if unknown:
+            raise ValueError(
+                f"backbone {name!r}: unknown parameters {sorted(unknown)}; known: {sorted(family.arch_params)}"
+            )
+        params = plain_arch_params({**family.arch_params, **arch_params})
+    trunk = family.build(name, spatial_dims, in_channels, **params)
+    return Backbone(name, trunk, family.feature_dim(trunk), spatial_dims, in_channels,
+                    first_conv_key(family, trunk), arch_params=params)

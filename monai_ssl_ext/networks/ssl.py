@@ -1,18 +1,55 @@
 """SSL model wrappers: a backbone plus heads; ``forward`` takes the views and returns what the
-method's loss takes, so the SSL trainer stays method-agnostic."""
+method's loss takes, so the SSL trainer stays method-agnostic.
+
+Views of different sizes (multi-crop: :class:`~monai_ssl_ext.transforms.MultiCropd`) go through a
+trunk with :func:`forward_by_size`: each run of consecutive views of equal size is one batch (as
+SwAV's and DINO's multi-crop wrappers do), and the outputs come back in view order."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .backbones import Backbone
 from .heads import MLPHead
+from .momentum import MomentumPair
 
-__all__ = ["SimCLR", "BYOL"]
+__all__ = ["SimCLR", "BYOL", "size_groups", "forward_by_size"]
+
+
+def size_groups(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: the runs of consecutive views with the same per-sample shape
+    (``view.shape[1:]``: channels and spatial size), e.g. 2 global + 6 local crops give
+    ``[(0, 2), (2, 8)]``. Views of one size that are not consecutive form separate runs (order them
+    global first, local after, as :class:`~monai_ssl_ext.transforms.MultiCropd` does)."""
+    if not views:
+        raise ValueError("no views given")
+    groups, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i].shape[1:] != views[start].shape[1:]:
+            groups.append((start, i))
+            start = i
+    return groups
+
+
+def forward_by_size(
+    module: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor], concat: bool = False
+) -> list[torch.Tensor] | torch.Tensor:
+    """``module`` applied to ``views``, one batch per run of equal-size views (:func:`size_groups`):
+    ``module(cat(views[start:stop]))`` for each run.
+
+    Returns one output per view, in view order, or with ``concat=True`` their concatenation along
+    the batch dimension (the views' outputs one after the other, without a copy when all views have
+    one size). With equal sizes this is ``module(cat(views))`` (batch-norm statistics over all
+    views, as in SimCLR); views may have different batch sizes."""
+    outputs = []
+    for start, stop in size_groups(views):
+        group = list(views[start:stop])
+        outputs.append(module(torch.cat(group) if len(group) > 1 else group[0]))
+    joined = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return joined if concat else list(joined.split([v.shape[0] for v in views]))
 
 
 class SimCLR(nn.Module):
@@ -32,10 +69,35 @@ class SimCLR(nn.Module):
         self.projector = MLPHead([backbone.feature_dim, *projection_dims], dropout=dropout)
 
     def forward(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One projection per view; all views go through the encoder as one batch (BN statistics
-        over both views, as in SimCLR)."""
-        z = self.projector(self.backbone(torch.cat(views)))
-        return tuple(z.chunk(len(views)))
+        """One projection per view, in view order.
+
+        The encoder runs once per run of equal-size views (:func:`forward_by_size`; with SimCLR's
+        equal-size views: all views as one batch, BN statistics over both views, as in SimCLR), the
+        projector once on all the features (as SwAV / DINO's multi-crop wrappers)."""
+        z = self.projector(forward_by_size(self.backbone, views, concat=True))
+        return tuple(z.split([v.shape[0] for v in views]))
+
+
+# state-dict keys of BYOL before the momentum pair (0.2.0): old prefix -> new prefix
+_BYOL_LEGACY_KEYS = {
+    "backbone.": "pair.online.backbone.",
+    "projector.": "pair.online.projector.",
+    "target_backbone.": "pair.target.backbone.",
+    "target_projector.": "pair.target.projector.",
+}
+
+
+def _load_legacy_byol_keys(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: rename the pre-pair keys (``backbone.*``, ``target_backbone.*`` ...)
+    of checkpoints written by 0.2.0 to the pair's, unless the new key is there already."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        rest = key[len(prefix):]
+        for old, new in _BYOL_LEGACY_KEYS.items():
+            if rest.startswith(old) and prefix + new + rest[len(old):] not in state_dict:
+                state_dict[prefix + new + rest[len(old):]] = state_dict.pop(key)
+                break
 
 
 class BYOL(nn.Module):
@@ -47,15 +109,21 @@ class BYOL(nn.Module):
     statistics per view, as in solo-learn, SSL-MedSeg's framework). The targets are computed under ``torch.no_grad()`` (stop-gradient;
     the loss detaches them again).
 
-    The target copies ``target_backbone`` / ``target_projector`` are submodules, so they are saved in the state dict,
-    moved by ``.to()`` and updated by :class:`~monai_ssl_ext.handlers.EMATargetUpdate`::
+    The online (f, g) and target (f', g') networks are a :class:`~monai_ssl_ext.networks.MomentumPair`,
+    ``self.pair``, built from ``{"backbone": f, "projector": g}``: the target is a submodule (saved in the state
+    dict, moved by ``.to()``), its parameters do not require gradients, and
+    :class:`~monai_ssl_ext.handlers.EMATargetUpdate` updates it::
 
-        EMATargetUpdate(online=byol.online_modules(), target=byol.target_modules(), base_momentum=0.99,
-                        final_momentum=1.0)
+        EMATargetUpdate(pair=byol.pair, base_momentum=0.99, final_momentum=1.0)
 
-    Their parameters do not require gradients. Give the optimizer :meth:`online_parameters` (backbone, projector,
-    predictor): ``parameters()`` also lists the target tensors, which never get a gradient and so would only be
-    skipped, but keeping them out of the optimizer keeps its param groups and state to the trained tensors.
+    Give the optimizer :meth:`online_parameters` (backbone, projector, predictor). The exported trunk is chosen by
+    :meth:`exported_backbone` (``"target"``: f', what SSL-MedSeg transfers; ``"online"``: f).
+
+    State-dict keys: ``pair.online.backbone.*``, ``pair.online.projector.*``, ``pair.target.backbone.*``,
+    ``pair.target.projector.*``, ``predictor.*``. Checkpoints written before the pair (0.2.0: ``backbone.*``,
+    ``projector.*``, ``target_backbone.*``, ``target_projector.*``) still load: their keys are renamed on loading.
+    ``backbone``, ``projector``, ``target_backbone``, ``target_projector``, :meth:`online_modules` and
+    :meth:`target_modules` remain as read-only names of the pair's parts.
 
     The target is initialised as a copy of the online backbone and projector at construction, so a backbone built
     with its weights already loaded (e.g. ``pretrained_backbone(...)`` for the hierarchical ImageNet → ACDC recipe,
@@ -83,37 +151,57 @@ class BYOL(nn.Module):
                 f"BYOL: the predictor must map the projection back to its own size, got projection_dims "
                 f"{projection_dims} and prediction_dims {prediction_dims}"
             )
-        self.backbone = backbone
-        self.projector = MLPHead([backbone.feature_dim, *projection_dims], batch_norm=True)
+        projector = MLPHead([backbone.feature_dim, *projection_dims], batch_norm=True)
+        self.pair = MomentumPair({"backbone": backbone, "projector": projector})
         self.predictor = MLPHead([projection_dims[-1], *prediction_dims], batch_norm=True)
-        self.target_backbone = copy.deepcopy(backbone)
-        self.target_projector = copy.deepcopy(self.projector)
-        self.target_modules().requires_grad_(False)
+        self.register_load_state_dict_pre_hook(_load_legacy_byol_keys)
+
+    # names of the pair's parts (read-only)
+    @property
+    def backbone(self) -> Backbone:
+        """f, the online encoder (``pair.online.backbone``)."""
+        return self.pair.online.backbone
+
+    @property
+    def projector(self) -> nn.Module:
+        """g, the online projector (``pair.online.projector``)."""
+        return self.pair.online.projector
+
+    @property
+    def target_backbone(self) -> Backbone:
+        """f', the target encoder (``pair.target.backbone``)."""
+        return self.pair.target.backbone
+
+    @property
+    def target_projector(self) -> nn.Module:
+        """g', the target projector (``pair.target.projector``)."""
+        return self.pair.target.projector
+
+    def exported_backbone(self, which: str = "target") -> Backbone:
+        """The trunk to export: ``"target"`` (f', BYOL's result) or ``"online"`` (f)."""
+        return self.pair.exported(which).backbone
 
     def online_modules(self) -> nn.ModuleList:
-        """``[backbone, projector]``: the ``online`` of the EMA update (the predictor has no target)."""
+        """``[backbone, projector]`` (kept for ``EMATargetUpdate(online=..., target=...)``; prefer ``pair``)."""
         return nn.ModuleList([self.backbone, self.projector])
 
     def target_modules(self) -> nn.ModuleList:
-        """``[target_backbone, target_projector]``: the ``target`` of the EMA update."""
+        """``[target_backbone, target_projector]`` (kept for ``EMATargetUpdate(online=..., target=...)``)."""
         return nn.ModuleList([self.target_backbone, self.target_projector])
 
     def online_parameters(self) -> list[nn.Parameter]:
-        """The trained parameters (backbone, projector, predictor), for the optimizer."""
-        return [p for module in (self.backbone, self.projector, self.predictor) for p in module.parameters()]
+        """The trained parameters (backbone, projector, predictor, in this order), for the optimizer."""
+        return self.pair.online_parameters() + list(self.predictor.parameters())
 
-    @torch.no_grad()
     def reinit_target(self) -> None:
         """Copy the online backbone and projector (parameters and buffers) into the target."""
-        self.target_modules().load_state_dict(self.online_modules().state_dict())
-        self.target_modules().requires_grad_(False)
+        self.pair.reinit_target()
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(p0, p1, z0, z1)``: online predictions and target projections of the two views.
 
         Each view goes through each network on its own, as in solo-learn (``training_step`` and
         the momentum forward loop over the views): batch-norm statistics are per view."""
-        p0, p1 = (self.predictor(self.projector(self.backbone(x))) for x in (x0, x1))
-        with torch.no_grad():
-            z0, z1 = (self.target_projector(self.target_backbone(x)) for x in (x0, x1))
+        p0, p1 = (self.predictor(self.pair(x)) for x in (x0, x1))
+        z0, z1 = (self.pair.forward_target(x) for x in (x0, x1))
         return p0, p1, z0, z1
