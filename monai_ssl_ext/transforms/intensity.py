@@ -72,18 +72,11 @@ def adjust_brightness_contrast(
     return out
 
 
-class RandBrightnessContrast(RandomizableTransform):
-    """Array version of :class:`RandBrightnessContrastd` (one channel-first image)."""
+class _BrightnessContrastDraw(RandomizableTransform):
+    """The draw shared by the array and dictionary versions: apply with ``prob``, then
+    ``alpha = 1 + U(contrast_limit)``, then ``beta = U(brightness_limit)`` from ``self.R``."""
 
-    def __init__(
-        self,
-        brightness_limit: float | Sequence[float] = 0.2,
-        contrast_limit: float | Sequence[float] = 0.2,
-        brightness_by_max: bool = True,
-        prob: float = 0.5,
-        max_value: float | None = None,
-        clip: bool = True,
-    ) -> None:
+    def _init_draw(self, brightness_limit, contrast_limit, brightness_by_max, prob, max_value, clip) -> None:
         RandomizableTransform.__init__(self, prob)
         self.brightness_limit = _limits(brightness_limit)
         self.contrast_limit = _limits(contrast_limit)
@@ -106,13 +99,28 @@ class RandBrightnessContrast(RandomizableTransform):
             return convert_to_tensor(img, track_meta=get_track_meta())
         return adjust_brightness_contrast(img, self.alpha, self.beta, self.brightness_by_max, self.max_value, self.clip)
 
+
+class RandBrightnessContrast(_BrightnessContrastDraw):
+    """Array version of :class:`RandBrightnessContrastd` (one channel-first image)."""
+
+    def __init__(
+        self,
+        brightness_limit: float | Sequence[float] = 0.2,
+        contrast_limit: float | Sequence[float] = 0.2,
+        brightness_by_max: bool = True,
+        prob: float = 0.5,
+        max_value: float | None = None,
+        clip: bool = True,
+    ) -> None:
+        self._init_draw(brightness_limit, contrast_limit, brightness_by_max, prob, max_value, clip)
+
     def __call__(self, img, randomize: bool = True):
         if randomize:
             self.randomize()
         return self._apply(img)
 
 
-class RandBrightnessContrastd(RandomizableTransform, MapTransform):
+class RandBrightnessContrastd(_BrightnessContrastDraw, MapTransform):
     """Albumentations ``RandomBrightnessContrast`` as one joint MONAI dictionary transform: one draw
     (apply?, alpha, beta) per call, shared by all ``keys`` (image keys only, never labels). See the module
     docstring for the formula and for ``max_value`` on raw-intensity MR.
@@ -141,32 +149,12 @@ class RandBrightnessContrastd(RandomizableTransform, MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.brightness_limit = _limits(brightness_limit)
-        self.contrast_limit = _limits(contrast_limit)
-        self.brightness_by_max = bool(brightness_by_max)
-        self.max_value = None if max_value is None else float(max_value)
-        self.clip = bool(clip)
-        self.alpha = 1.0
-        self.beta = 0.0
-
-    def randomize(self, data=None) -> None:
-        super().randomize(None)
-        if not self._do_transform:
-            self.alpha, self.beta = 1.0, 0.0
-            return
-        self.alpha = 1.0 + float(self.R.uniform(*self.contrast_limit))
-        self.beta = float(self.R.uniform(*self.brightness_limit))
+        self._init_draw(brightness_limit, contrast_limit, brightness_by_max, prob, max_value, clip)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor], randomize: bool = True) -> dict:
         d = dict(data)
         if randomize:
             self.randomize()
         for key in self.key_iterator(d):
-            if self._do_transform:
-                d[key] = adjust_brightness_contrast(
-                    d[key], self.alpha, self.beta, self.brightness_by_max, self.max_value, self.clip
-                )
-            else:
-                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+            d[key] = self._apply(d[key])
         return d
