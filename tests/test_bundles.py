@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,9 +67,11 @@ def test_bundle_runs(bundle, demo_data, tmp_path):
 
 
 def _pretraining(bundle: Path) -> bool:
-    """Bundles whose train.json trains with views (SSLTrainer's ``view_keys``)."""
-    trainer = json.loads((bundle / "configs" / "train.json").read_text()).get("train", {}).get("trainer", {})
-    return "view_keys" in trainer
+    """Bundles whose train.json trains on views: an SSLTrainer, or a multi-view / multi-crop transform."""
+    text = (bundle / "configs" / "train.json").read_text()
+    trainer = json.loads(text).get("train", {}).get("trainer", {})
+    return trainer.get("_target_", "").endswith("SSLTrainer") or any(
+        f'"{t}"' in text for t in ("MultiViewd", "MultiCropd", "monai_ssl_ext.transforms.MultiViewd"))
 
 
 PRETRAINING = [b for b in BUNDLES if _pretraining(b)]
@@ -91,10 +94,12 @@ def test_views_differ_between_reads(bundle, demo_data, tmp_path):
                         bundle_root=str(tmp_path), dataset_dir=demo_data(smoke(bundle)["demo_data"]))
     wf.initialize()
     dataset = wf.parser.get_parsed_content("train#dataset")
-    view_keys = wf.parser.get_parsed_content("train#trainer#view_keys")
+    view_keys = wf.parser.get_parsed_content("train#trainer").view_keys  # the trainer's, defaults included
     first, second = dataset[0], dataset[0]
     first, second = (x[0] if isinstance(x, list) else x for x in (first, second))  # crop-sample lists
-    for key in view_keys:
+    # the un-augmented input kept beside the views (MultiViewd's original_key) is not a view
+    originals = set(re.findall(r'"original_key": "([^"]+)"', (cfg / "train.json").read_text()))
+    for key in [k for k in view_keys if k not in originals]:
         a, b = torch.as_tensor(first[key]), torch.as_tensor(second[key])
         assert a.shape == b.shape, (key, a.shape, b.shape)
         assert not torch.equal(a, b), f"{bundle.name}: view '{key}' is identical in two reads of item 0"
@@ -108,6 +113,9 @@ def _standalone(bundle: Path, config: str) -> bool:
 
 
 def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
+    """Every multi_gpu_train.json trains in one 2-process gloo session, and only rank 0 prints the
+    per-iteration loss and per-epoch lines: rank 0 prints one ``train_loss:`` line per iteration,
+    rank 1 none (each rank's stdout is read from torchrun's per-rank log files)."""
     bundles = [b for b in BUNDLES if (b / "configs" / "multi_gpu_train.json").is_file()]
     assert bundles
     jobs = [
@@ -117,7 +125,9 @@ def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"jobs": jobs, "out": str(tmp_path)}))
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log_dir = tmp_path / "torchrun_logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--log-dir", str(log_dir), "--tee", "3",
            str(ROOT / "tests" / "bundle_runner.py"), str(spec)]
     proc = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -127,6 +137,27 @@ def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
             assert_trained(res[b.name]["losses"], f"{b.name} multi-GPU rank {r}")
         for rel in smoke(b).get("smoke_outputs", {}).get("train.json", []):
             assert os.path.exists(os.path.join(ranks[0][b.name]["output_dir"], rel)), f"{b.name} multi-GPU: {rel}"
+    # each rank's stdout (torchrun's per-rank log file), split per bundle at the runner's job markers
+    from bundle_runner import JOB_MARKER
+
+    for r in (0, 1):
+        (log,) = log_dir.glob(f"*/attempt_*/{r}/stdout.log")
+        per_job: dict[str, list[str]] = {}
+        for line in log.read_text().splitlines():
+            if line.startswith(JOB_MARKER):
+                per_job[line[len(JOB_MARKER):].strip()] = []
+            elif per_job:
+                per_job[list(per_job)[-1]].append(line)
+        assert set(per_job) == {b.name for b in bundles}, f"rank {r}: job markers {sorted(per_job)}"
+        for b in bundles:
+            loss_lines = [ln for ln in per_job[b.name] if "train_loss:" in ln]
+            epoch_lines = [ln for ln in per_job[b.name] if "Epoch[" in ln]  # ignite's and StatsHandler's per-epoch lines
+            if r == 0:
+                iterations = len(ranks[0][b.name]["losses"])
+                assert len(loss_lines) == iterations, f"{b.name} rank 0: {len(loss_lines)} train_loss lines for {iterations} iterations"
+                assert epoch_lines, f"{b.name} rank 0: no per-epoch lines"
+            else:
+                assert not loss_lines and not epoch_lines, f"{b.name} rank {r} printed stats lines: {(loss_lines + epoch_lines)[:3]}"
 
 
 # which way each key metric improves, from what it measures (not from the configs)
@@ -165,3 +196,30 @@ def test_best_checkpoint_direction(bundle):
         checked += 1
     if "validate" in json.loads((bundle / "configs" / "train.json").read_text()):
         assert checked, f"{bundle.name}: validation without a best_saver"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_cpu_demo_overrides_only_existing_ids(bundle):
+    """``configs/cpu_demo.json`` (the documented CPU-sized run, not run by the harness) holds only
+    differences: every id it sets exists in train.json with another value, no component
+    (``_target_``), no list-index override; train.json + cpu_demo.json parses; the README shows it."""
+    from monai.bundle import ConfigParser
+
+    cfg = bundle / "configs"
+    demo_file = cfg / "cpu_demo.json"
+    assert demo_file.is_file(), f"{bundle.name}: no configs/cpu_demo.json"
+    demo = json.loads(demo_file.read_text())
+    assert demo and "_target_" not in json.dumps(demo), f"{bundle.name}/cpu_demo.json: sets a component"
+    train = ConfigParser()
+    train.read_config(str(cfg / "train.json"))
+    for key, value in demo.items():
+        assert not any(part.isdigit() for part in key.split("#")), f"{bundle.name}/cpu_demo.json: list-index id {key!r}"
+        known = key in train
+        assert known, f"{bundle.name}/cpu_demo.json: {key!r} is not an id of train.json"
+        assert train[key] != value, f"{bundle.name}/cpu_demo.json: {key!r} repeats train.json's value {value!r}"
+    merged = ConfigParser()
+    merged.read_config([str(cfg / "train.json"), str(demo_file)])
+    merged.parse()
+    for key, value in demo.items():
+        assert merged[key] == value, f"{bundle.name}: {key!r} not overridden by cpu_demo.json"
+    assert "configs/cpu_demo.json" in (bundle / "docs" / "README.md").read_text(), f"{bundle.name}: README lacks the cpu_demo.json command"
