@@ -9,6 +9,8 @@ everywhere and always name the offending file (and line / path where relevant):
 * :func:`percent_subset` -- "N% of the training items", seeded (tool-segmentation ``--perc``);
 * :func:`class_balanced_subset` / :func:`budget_subset` -- class-balanced label budgets of the
   SimCLR linear-probe protocol (1% = 200 frames per class, 10% = 2000 per class, 100% = all);
+* :func:`probe_datalist` -- a labelled frame list for a linear probe (from a ``path,label`` CSV),
+  optionally cut to a class-balanced label budget;
 * :func:`subset_with_oversampling` -- the SSL-MedSeg data-efficiency protocol (a random fraction
   of the ACDC training slices, repeated to keep the epoch length).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -31,10 +34,13 @@ __all__ = [
     "class_balanced_subset",
     "load_datalist",
     "percent_subset",
+    "probe_datalist",
     "read_frame_csv",
     "subset_size",
     "subset_with_oversampling",
 ]
+
+logger = logging.getLogger("monai_ssl_ext.data")
 
 #: Linear-probe label budgets of the SimCLR surgical-video recipe (frames per class).
 #: ``None`` means "every labelled item".
@@ -323,3 +329,42 @@ def subset_with_oversampling(items: Sequence, ratio: float, seed: int, min_items
     subset = [items[int(i)] for i in idx]
     reps = max(1, math.floor(1.0 / ratio + 1e-9))
     return [dict(it) if isinstance(it, dict) else it for _ in range(reps) for it in subset]
+
+
+def probe_datalist(
+    source: str | os.PathLike | Sequence[dict],
+    num_classes: int | None = None,
+    budget: str | int | None = None,
+    seed: int = 42,
+    check_files: bool = True,
+) -> list[dict]:
+    """Labelled items ``{"image", "label"}`` of one split, for training or evaluating a probe.
+
+    Args:
+        source: a ``path,label`` frame CSV (read with
+            :func:`~monai_ssl_ext.data.read_frame_csv`: the labels are that file's own) or a list
+            of such items.
+        num_classes: labels must lie in ``[0, num_classes)``; unlabelled frames (``-1``) are dropped.
+        budget: a label budget for :func:`~monai_ssl_ext.data.budget_subset` (``"1%"`` = 200,
+            ``"10%"`` = 2000 per class, ``"100%"``/None = all), class-balanced with ``seed``.
+        check_files: check that every listed image exists.
+    """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "<items>"
+    items = read_frame_csv(source, check_files=check_files) if isinstance(source, (str, os.PathLike)) else list(source)
+    items = [d for d in items if d["label"] != -1]
+    if not items:
+        raise ValueError(f"{name}: no labelled items (every label is -1)")
+    if num_classes is not None:
+        bad = [d for d in items if not (0 <= int(d["label"]) < num_classes)]
+        if bad:
+            raise ValueError(
+                f"{name}: {len(bad)} item(s) have labels outside 0..{num_classes - 1}, e.g. "
+                f"{bad[0]['image']!r} with label {bad[0]['label']} (config `num_classes`)"
+            )
+    if budget is not None:
+        items = budget_subset(items, budget, seed=seed)
+    counts: dict[int, int] = {}
+    for d in items:
+        counts[d["label"]] = counts.get(d["label"], 0) + 1
+    logger.info(f"{name}: {len(items)} items, per class {dict(sorted(counts.items()))}")
+    return items

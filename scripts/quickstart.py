@@ -10,8 +10,8 @@ Usage (from the repository root)::
 
     python scripts/quickstart.py [--ssl_epochs 30] [--seg_epochs 20] [--out_root .]
 
-Every step is an ordinary bundle run (``monai.bundle.run``, the API behind
-``python -m monai.bundle run``) with MLflow tracking on; the printed commands reproduce them.
+Every step is an ordinary bundle run (:func:`monai_ssl_ext.workflow.run_bundle`, what
+``python -m monai.bundle run`` does) with MLflow tracking on; the printed commands reproduce them.
 """
 
 from __future__ import annotations
@@ -23,27 +23,16 @@ from pathlib import Path
 
 import fire
 
+from monai_ssl_ext import demo
+from monai_ssl_ext.workflow import run_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import make_demo_data  # noqa: E402
 
 
-def _run_bundle(name: str, configs: list[str], out_root: Path, **overrides) -> None:
-    from monai.bundle import run
-
-    cfg = ROOT / "bundles" / name / "configs"
-    files = [str(cfg / c) for c in configs]
-    shown = " ".join(f"--{k} {v!r}" for k, v in overrides.items())
-    print(f"\n=== python -m monai.bundle run --config_file \"{files}\" --tracking mlflow {shown}\n", flush=True)
-    run(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(cfg / "metadata.json"),
-        logging_file=str(cfg / "logging.conf"),
-        tracking="mlflow",
-        bundle_root=str(out_root),
-        **overrides,
-    )
+def _run_bundle(name: str, configs: list[str], out_root: Path, **overrides):
+    """One ordinary bundle run with MLflow tracking (the printed command reproduces it)."""
+    return run_bundle(ROOT / "bundles" / name, configs, {"bundle_root": str(out_root), **overrides},
+                      tracking="mlflow", echo=True)
 
 
 def ssl_loss_history(out_root: str | Path, experiment: str = "simclr_cholec") -> list[float]:
@@ -72,8 +61,8 @@ def main(
     out = Path(out_root).resolve()
     data = out / "data" / "demo"
     print(f"demo data → {data}", flush=True)
-    make_demo_data.cholec(out_dir=str(data / "cholec80"), n_videos=n_videos, frames_per_video=frames_per_video, size=image_size, seed=seed)
-    make_demo_data.tools(out_dir=str(data / "tools"), size=image_size, seed=seed)
+    demo.cholec(out_dir=str(data / "cholec80"), n_videos=n_videos, frames_per_video=frames_per_video, size=image_size, seed=seed)
+    demo.tools(out_dir=str(data / "tools"), size=image_size, seed=seed)
 
     ssl_out = out / "runs" / "simclr_cholec"
     _run_bundle(

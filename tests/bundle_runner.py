@@ -9,7 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-NON_RUN_CONFIGS = {"metadata.json", "smoke.json"}
+# smoke.json is merged onto every run; cpu_demo.json is a documented CPU-sized override for users
+NON_RUN_CONFIGS = {"metadata.json", "smoke.json", "cpu_demo.json"}
+
+#: printed (flushed) on stdout before each torchrun job, so a rank's output splits per bundle
+JOB_MARKER = "bundle_runner job: "
 
 
 def run_configs(bundle: Path) -> list[str]:
@@ -23,38 +27,11 @@ def run_configs(bundle: Path) -> list[str]:
 
 def run_config(bundle: Path, configs: list[str], bundle_root: str, dataset_dir: str, tracking=None, **override) -> dict:
     """Run ``configs`` (merged in order, then smoke.json) and return
-    ``{"losses": [...], "output_dir": ..., "parser": ...}``."""
-    from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
+    ``{"losses": [...], "output_dir": ..., "parser": ...}`` (the package runner's result)."""
+    from monai_ssl_ext.workflow import run_bundle
 
-    cfg = bundle / "configs"
-    files = [str(cfg / c) for c in configs] + [str(cfg / "smoke.json")]
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(cfg / "metadata.json"),
-        logging_file=str(cfg / "logging.conf"),
-        workflow_type=None,
-        tracking=tracking,
-        bundle_root=bundle_root,
-        dataset_dir=dataset_dir,
-        **override,
-    )
-    wf.initialize()
-    losses: list[float] = []
-    run_expr = json.dumps(wf.parser.get(wf.run_id)).replace("::", "#")
-    if "train#trainer" in run_expr:  # only configs that train: evaluate.json must not build a trainer
-        trainer = wf.parser.get_parsed_content("train#trainer")
-
-        def record(engine):
-            out = engine.state.output
-            out = out[0] if isinstance(out, (list, tuple)) else out
-            losses.append(float(out["loss"] if isinstance(out, dict) else out))
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
-    output_dir = wf.parser.get_parsed_content("output_dir")
-    wf.run()
-    wf.finalize()
-    return {"losses": losses, "output_dir": output_dir, "parser": wf.parser}
+    overrides = {"bundle_root": bundle_root, "dataset_dir": dataset_dir, **override}
+    return run_bundle(bundle, configs, overrides, tracking=tracking, smoke=True)
 
 
 def main(spec_file: str) -> None:
@@ -63,6 +40,7 @@ def main(spec_file: str) -> None:
     rank = int(os.environ.get("RANK", 0))
     results = {}
     for job in spec["jobs"]:
+        print(f"{JOB_MARKER}{job['name']}", flush=True)
         # the bundles share one process group: keep it (and ignite's view of it) between jobs
         res = run_config(
             Path(job["bundle"]), ["train.json", "multi_gpu_train.json"], job["bundle_root"], job["dataset_dir"], finalize=[]

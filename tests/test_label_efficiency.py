@@ -162,8 +162,8 @@ def test_sweep_tools(demo_data, tmp_path, encoder, one_thread):
     le = load_script("label_efficiency")
     out = tmp_path / "sweep"
     data = demo_data("tools")
-    res = le.sweep(
-        bundle=BUNDLE, budget_key="perc", budgets="[50, 100]",
+    res = le.sweep(  # no budget_key: the bundle's metadata.json declares it (perc, seed ids seed + perc_seed)
+        bundle=BUNDLE, budgets="[50, 100]",
         inits=json.dumps({"random": None, "simclr": encoder}),  # a JSON string, as from the CLI
         seeds=[0, 1], out_dir=str(out), overrides=["smoke.json"],
         budget_label="% of training images", dataset_dir=data,
@@ -183,6 +183,8 @@ def test_sweep_tools(demo_data, tmp_path, encoder, one_thread):
         assert run.info.run_name == f"{row['init']}-perc{row['budget']}-seed{row['seed']}"
         assert (p["sweep_init"], p["sweep_budget"], p["sweep_seed"]) == (row["init"], row["budget"], row["seed"])
         assert p["perc"] == row["budget"] and p["seed"] == row["seed"]  # the bundle really got them
+        (executed,) = Path(row["output_dir"]).glob("config_*.json")  # MONAI's executed config
+        assert json.loads(executed.read_text())["perc_seed"] == int(row["seed"])  # the declared seed ids
         assert (p["pretrained_encoder"] == "null") == (row["init"] == "random") == (p["sweep_init_spec"] == "null")
         if row["init"] == "simclr":
             assert p["encoder.method"] == "simclr"
@@ -190,7 +192,7 @@ def test_sweep_tools(demo_data, tmp_path, encoder, one_thread):
 
     # --skip_done: every cell finished with the same settings -> nothing runs again
     again = le.sweep(
-        bundle=BUNDLE, budget_key="perc", budgets=[50, 100], inits={"random": None, "simclr": encoder},
+        bundle=BUNDLE, budgets=[50, 100], inits={"random": None, "simclr": encoder},
         seeds=[0, 1], out_dir=str(out), overrides=["smoke.json"], dataset_dir=data, skip_done=True,
     )
     assert sorted(r["run_id"] for r in again["rows"]) == sorted(by_id)
@@ -251,9 +253,14 @@ def test_sweep_eval_overrides(demo_data, tmp_path, encoder, one_thread):
          "computes no metric 'test_mean_dice' (it computes ['val_mean_iou', 'val_mean_dice']); pass --test_metric"),
         ({"budget_to_x": {50: 10}}, "budget_to_x has no (numeric) entry for budget 100"),
         ({"inits": {"imagenet": {"pretrained_encoder": "timm:x", "norm": 1}}}, "init 'imagenet': override 'norm' is not"),
+        ({"bundle": "byol_acdc", "budget_key": None}, "bundle 'byol_acdc' declares no `label_budget` in configs/metadata.json: pass --budget_key"),
+        ({"bundle": "simclr_cholec", "budget_key": None, "budgets": None},
+         "bundle 'simclr_cholec' declares its label budget 'label_budget' on linear_probe.json, and has no evaluate config"),
+        ({"budget_key": "percent", "budgets": None}, "budgets: give at least one budget"),
     ],
     ids=["bundle", "budget_key", "seed_key", "init_key", "override", "encoder", "evaluate", "no_evaluate",
-         "eval_override", "test_metric", "eval_metric", "default_test_metric", "budget_to_x", "init_dict"],
+         "eval_override", "test_metric", "eval_metric", "default_test_metric", "budget_to_x", "init_dict",
+         "no_declaration", "declared_without_evaluate", "undeclared_key_no_budgets"],
 )
 def test_bad_arguments_fail_before_running(tmp_path, kwargs, message):
     le = load_script("label_efficiency")
@@ -262,6 +269,33 @@ def test_bad_arguments_fail_before_running(tmp_path, kwargs, message):
         le.sweep(**args)
     assert message in str(err.value)
     assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_declared_label_budget(tmp_path):
+    """Every finetuning bundle sweeps without --budget_key: the plan follows its metadata.json
+    ``label_budget`` (id, default budgets = ``sweep``, seed ids, config); a bundle whose declared
+    config has no evaluate step is refused with a message saying so."""
+    le = load_script("label_efficiency")
+    declared = {}
+    for bundle in sorted((ROOT / "bundles").iterdir()):
+        meta = bundle / "configs" / "metadata.json"
+        decl = json.loads(meta.read_text()).get("label_budget") if meta.is_file() else None
+        if decl:
+            declared[bundle.name] = decl
+    assert {"flexibleunet_tools", "unet_acdc", "unetr_btcv", "simclr_cholec"} <= set(declared)
+    for name, decl in declared.items():
+        configs = ROOT / "bundles" / name / "configs"
+        if not (configs / "evaluate.json").is_file():
+            with pytest.raises(le.SweepError, match="does not support this bundle"):
+                le.sweep(bundle=name, out_dir=str(tmp_path / name), dry_run=True)
+            continue
+        evaluate = read_bundle_config(configs, [decl["config"], "evaluate.json"])
+        dry = le.sweep(bundle=name, out_dir=str(tmp_path / name), dry_run=True,
+                       test_metric=next(iter(evaluate.get("validate#key_metric"))))
+        assert dry["budget_key"] == decl["id"] and dry["budgets"] == decl["sweep"], name
+        assert dry["seed_keys"] == decl.get("seed_ids", ["seed"]) and dry["configs"] == [decl["config"]], name
+        assert [b for b, _, _ in dry["plan"]] == decl["sweep"], name
+        assert not (tmp_path / name).exists()
 
 
 def test_sweep_acdc(demo_data, tmp_path, one_thread):
@@ -278,9 +312,8 @@ def test_sweep_acdc(demo_data, tmp_path, one_thread):
     le = load_script("label_efficiency")
     out = tmp_path / "acdc_sweep"
     data = demo_data("acdc")
-    res = le.sweep(
-        bundle="unet_acdc", budget_key="subset_ratio", budgets=[0.5, 1.0], seeds=[13],
-        seed_key=["seed", "subset_seed"], inits={"random": None, "byol_acdc": str(encoder)},
+    res = le.sweep(  # budget_key subset_ratio and seed ids seed + subset_seed: the bundle's declaration
+        bundle="unet_acdc", budgets=[0.5, 1.0], seeds=[13], inits={"random": None, "byol_acdc": str(encoder)},
         out_dir=str(out), overrides=["smoke.json"], budget_to_x={0.5: 16, 1.0: 32},
         budget_label="labelled slices", dataset_dir=data,
     )
@@ -315,11 +348,11 @@ def test_sweep_btcv(demo_data, tmp_path, one_thread):
     configs = ROOT / "bundles" / "unetr_btcv" / "configs"
     evaluate = read_bundle_config(configs, ["train.json", "evaluate.json"])
     test_metric = next(iter(evaluate.get("validate#key_metric")))  # today val_mean_dice: BTCV has no test labels
-    args = dict(bundle="unetr_btcv", budget_key="train_volumes", budgets=[6, 12], seeds=[0],
+    args = dict(bundle="unetr_btcv", budgets=[6, 12], seeds=[0],  # budget_key: declared train_volumes
                 inits={"random": None, "ssl": str(encoder)}, test_metric=test_metric,
                 overrides=["smoke.json"], budget_label="training volumes", dataset_dir=data)
     dry = le.sweep(out_dir=str(tmp_path / "dry"), dry_run=True, **args)
-    assert dry["metric"] == "val_mean_dice"
+    assert dry["metric"] == "val_mean_dice" and dry["budget_key"] == "train_volumes"
     if "validate#datalist" not in json.loads((configs / "evaluate.json").read_text()):
         # the evaluate run scores the selection data: warned, not hidden
         assert dry["eval_on_validation_data"]

@@ -7,3 +7,5 @@ from .embeddings import EmbeddingWriter
 from .overlay import OverlayWriter, require_checkpoint
 from .grad_clip import GradientClip
 from .ssl_state import FeatureQueue, KMeansState, MemoryBank
+from .evaluation import BestCheckpointLoader, ClassificationReport, stack_from_engine
+from .run_signature import RunSignature

@@ -3,6 +3,10 @@ from .backbones import Backbone, build_backbone, freeze_unused_vit_norms, monai_
 from .heads import MLPHead
 from .ssl import BYOL, SimCLR
 from .momentum import MomentumPair
-from .downstream import BestCheckpointLoader, ClassificationReport, LinearProbe, RunSignature, encoder_normalization, probe_datalist, stack_from_engine
+from .downstream import LinearProbe, encoder_normalization
+# moved to data / handlers; re-exported under the old names that bundle configs use
+from ..data import probe_datalist
+from ..handlers.evaluation import BestCheckpointLoader, ClassificationReport, stack_from_engine
+from ..handlers.run_signature import RunSignature
 from .vitae import ViTAutoEncoderSSL
 from .unet import BackboneUNet
