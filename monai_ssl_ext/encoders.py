@@ -30,7 +30,7 @@ format-1 file is a trunk view as it stands. :func:`read_encoder` returns one; ``
 (it may be left out when the file holds one trunk).
 
 Weight spec (``pretrained_encoder`` in finetuning bundles, ``init_weights`` in pretraining ones):
-a path to an ``encoder.pt``; ``timm:<model-name>`` (ImageNet weights that timm downloads, or finds
+a path to an ``encoder.pt``; ``timm/<model-name>`` (ImageNet weights that timm downloads, or finds
 in the Hugging Face cache); or null (random initialisation).
 
 :func:`load_encoder` maps the source trunk's keys onto a downstream trunk (the key maps of the
@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -76,6 +77,9 @@ __all__ = [
     "check_architecture",
     "pretrained_backbone",
     "same_normalization",
+    "check_normalization",
+    "check_intensity_window",
+    "timm_spec_model",
 ]
 
 logger = logging.getLogger("monai_ssl_ext.encoders")
@@ -150,7 +154,8 @@ def trunk_entry(backbone: Backbone) -> dict:
 
 
 def export_encoders(
-    trunks: Mapping[str, Backbone], path: str, method: str, normalization: dict | None = None, **extra
+    trunks: Mapping[str, Backbone], path: str, method: str, normalization: dict | None = None,
+    intensity_window: dict | None = None, **extra
 ) -> dict:
     """Write several named trunks to one ``encoder.pt`` (format 2, atomically); returns the file
     payload. ``extra`` (epoch, iteration, source, ...) goes into the file-level header."""
@@ -165,7 +170,8 @@ def export_encoders(
     payload = {
         "format": FORMAT_MULTI,
         "trunks": {name: trunk_entry(backbone) for name, backbone in trunks.items()},
-        "normalization": dict(normalization or {}),
+        "normalization": check_normalization(normalization),
+        **({"intensity_window": check_intensity_window(intensity_window)} if intensity_window else {}),
         "method": method,
         "package_version": __version__,
         **extra,
@@ -175,7 +181,8 @@ def export_encoders(
 
 
 def export_encoder(
-    backbone: Backbone, path: str, method: str, normalization: dict | None = None, **extra
+    backbone: Backbone, path: str, method: str, normalization: dict | None = None,
+    intensity_window: dict | None = None, **extra
 ) -> dict:
     """Write ``backbone.trunk``'s weights and header to ``path`` (atomically) as a format-1 file (one
     trunk; it reads as the trunk named ``"encoder"``); returns the payload. Several trunks:
@@ -187,7 +194,8 @@ def export_encoder(
     payload = {
         "format": FORMAT_SINGLE,
         **{k: v for k, v in entry.items() if k != "state_dict"},
-        "normalization": dict(normalization or {}),
+        "normalization": check_normalization(normalization),
+        **({"intensity_window": check_intensity_window(intensity_window)} if intensity_window else {}),
         "method": method,
         "package_version": __version__,
         **extra,
@@ -207,7 +215,33 @@ def _upgrade(payload: dict, source: str) -> dict:
     return {**rest, "trunks": {DEFAULT_TRUNK: trunk}}
 
 
+def check_normalization(normalization: dict | None) -> dict:
+    """``normalization`` is the ``{mean, std}`` of the map applied to inputs (or empty)."""
+    norm = dict(normalization or {})
+    if norm and set(norm) != {"mean", "std"}:
+        hint = " (a CT intensity window goes in `intensity_window`)" if set(norm) & set(WINDOW_KEYS) else ""
+        raise ValueError(f"normalization must be {{'mean': [...], 'std': [...]}}, got keys {sorted(norm)}{hint}")
+    return norm
+
+
+def check_intensity_window(window: dict | None) -> dict:
+    """``intensity_window``: the ``ScaleIntensityRange`` map ``{a_min, a_max, b_min, b_max, clip}``."""
+    win = dict(window or {})
+    if win and (not set(win) <= set(WINDOW_KEYS) or not {"a_min", "a_max"} <= set(win)):
+        raise ValueError(f"intensity_window must have keys a_min, a_max (b_min, b_max, clip), got {sorted(win)}")
+    return win
+
+
+def _upgrade_window(payload: dict) -> dict:
+    """Files written before ``intensity_window`` existed carry a CT window in ``normalization``."""
+    norm = payload.get("normalization")
+    if isinstance(norm, dict) and norm and set(norm) <= set(WINDOW_KEYS) and "intensity_window" not in payload:
+        payload = {**payload, "normalization": {}, "intensity_window": dict(norm)}
+    return payload
+
+
 def _validate(payload, source: str) -> dict:
+    payload = _upgrade_window(payload) if isinstance(payload, dict) else payload
     if not isinstance(payload, dict) or ("trunks" not in payload and "state_dict" not in payload):
         raise EncoderLoadError(
             f"{source} is not an encoder file: no 'trunks' (format 2) or 'state_dict' (format 1) "
@@ -277,18 +311,19 @@ def read_encoder(path: str, trunk: str | None = None) -> dict:
     return select_trunk(read_encoder_file(path), trunk, path)
 
 
-def _timm_payload(model_name: str) -> dict:
+def _timm_payload(model_name: str, spec: str | None = None) -> dict:
     """ImageNet weights through timm's own loading path (``pretrained=True``), as a one-trunk
     (format-1) payload."""
     import timm
 
+    spec = spec or f"{TIMM_PREFIX}{model_name}"
     if not timm.is_model(model_name):
-        raise ValueError(f"weight spec 'timm:{model_name}': timm has no model named {model_name!r}")
+        raise ValueError(f"weight spec '{spec}': timm has no model named {model_name!r}")
     try:
         model = timm.create_model(model_name, pretrained=True, num_classes=0)
     except Exception as e:
         raise EncoderLoadError(
-            f"weight spec 'timm:{model_name}': timm could not load pretrained weights ({type(e).__name__}: {e}). "
+            f"weight spec '{spec}': timm could not load pretrained weights ({type(e).__name__}: {e}). "
             "They are downloaded from the Hugging Face hub: go online once, or put them in the HF cache."
         ) from e
     arch = TIMM_PREFIX + model_name
@@ -314,10 +349,33 @@ def is_random_init(spec) -> bool:
     return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null", "random"))
 
 
+DEPRECATED_TIMM_SPEC = "timm:"
+WINDOW_KEYS = ("a_min", "a_max", "b_min", "b_max", "clip")
+
+
+def timm_spec_model(spec, warn: bool = True) -> str | None:
+    """The timm model name of an ImageNet weight spec, else None. The spec is spelled like the
+    backbone, ``timm/<name>``; a path that exists on disk wins (a folder named ``timm``). The old
+    spelling ``timm:<name>`` still works, with a deprecation warning."""
+    if not isinstance(spec, str):
+        return None
+    text = spec.strip()
+    if text.startswith(TIMM_PREFIX) and not os.path.exists(text):
+        return text[len(TIMM_PREFIX):]
+    if text.startswith(DEPRECATED_TIMM_SPEC):
+        name = text[len(DEPRECATED_TIMM_SPEC):]
+        if warn:
+            msg = f"weight spec {text!r}: 'timm:<name>' is deprecated, spell it like the backbone: '{TIMM_PREFIX}{name}'"
+            warnings.warn(msg, DeprecationWarning, stacklevel=3)
+            logger.warning(msg)
+        return name
+    return None
+
+
 def is_baseline_init(spec) -> bool:
     """True for the comparison baselines of a finetuning run: random initialisation or supervised
-    ImageNet weights (``timm:<name>``); False for a self-supervised ``encoder.pt``."""
-    return is_random_init(spec) or (isinstance(spec, str) and spec.strip().startswith("timm:"))
+    ImageNet weights (``timm/<name>``); False for a self-supervised ``encoder.pt``."""
+    return is_random_init(spec) or timm_spec_model(spec, warn=False) is not None
 
 
 def encoder_learning_rate(spec, ssl_lr: float, baseline_lr: float) -> float:
@@ -334,9 +392,10 @@ def resolve_weight_spec(spec: str | None, trunk: str | None = None) -> tuple[str
     if is_random_init(spec):
         return None
     if not isinstance(spec, str):
-        raise ValueError(f"weight spec must be a path, 'timm:<model-name>' or null, got {spec!r}")
-    if spec.startswith("timm:"):
-        return spec, select_trunk(_timm_payload(spec[len("timm:") :]), trunk, spec)
+        raise ValueError(f"weight spec must be a path, '{TIMM_PREFIX}<model-name>' or null, got {spec!r}")
+    model = timm_spec_model(spec)
+    if model is not None:
+        return spec, select_trunk(_timm_payload(model, spec), trunk, spec)
     return spec, read_encoder(spec, trunk)
 
 
@@ -566,13 +625,14 @@ def load_encoder(
     check_arch: bool = True,
     target_arch_params: dict | None = None,
     trunk: str | None = None,
+    expected_intensity_window: dict | None = None,
 ) -> LoadReport | None:
     """Load a weight spec into a downstream trunk (e.g. ``FlexibleUNet.encoder`` or a
     :class:`~monai_ssl_ext.networks.backbones.Backbone`); returns and logs a :class:`LoadReport`.
 
     Args:
         target: the downstream trunk (a ``Backbone`` is loaded through its ``trunk``).
-        spec: a weight spec (path, ``timm:<model-name>``, null) or an already-read payload (a whole
+        spec: a weight spec (path, ``timm/<model-name>``, null) or an already-read payload (a whole
             file or a trunk view).
         convert_channels: adapt the stem convolution when the input channel counts differ;
             otherwise such a difference is an error.
@@ -587,6 +647,8 @@ def load_encoder(
             ``{"img_size": roi_size}`` for ``UNETR.vit`` (compared as the patch grid).
         trunk: which trunk of the encoder file to load (needed when it holds several; the error
             lists them).
+        expected_intensity_window: the finetuning pipeline's CT window (``intensity_window``); a
+            difference from the header's is logged as a warning (and recorded in the report).
     """
     if isinstance(spec, dict):
         source = "<payload>"
@@ -631,6 +693,14 @@ def load_encoder(
         )
         report.header["normalization_warning"] = msg
         logger.warning(msg)
+    window = payload.get("intensity_window")
+    if expected_intensity_window is not None and window and not _same_window(window, expected_intensity_window):
+        msg = (
+            f"encoder {source} was pretrained with intensity window {window} but the finetuning "
+            f"pipeline uses {expected_intensity_window}: set the bundle's `intensity_window` to match if that is not intended"
+        )
+        report.header["intensity_window_warning"] = msg
+        logger.warning(msg)
     if check_arch:
         report.arch_mismatches, report.arch_checked = check_architecture(
             target, payload, str(source), mapping, convert_channels, target_arch_params
@@ -642,6 +712,14 @@ def load_encoder(
     module.load_state_dict(new_state, strict=False)
     logger.info(report.summary())
     return report
+
+
+def _same_window(a: dict, b: dict) -> bool:
+    defaults = {"b_min": None, "b_max": None, "clip": False}
+    a, b = {**defaults, **a}, {**defaults, **b}
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] if isinstance(a[k], (bool, type(None))) or isinstance(b[k], (bool, type(None)))
+        else abs(float(a[k]) - float(b[k])) < 1e-6 for k in a)
 
 
 def same_normalization(a: dict, b: dict) -> bool:

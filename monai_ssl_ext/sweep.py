@@ -90,6 +90,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from .encoders import timm_spec_model
 from .workflow import evaluator_metrics, run_bundle
 
 __all__ = ["SweepError", "SweepPlan", "SweepResults", "label_budget", "plan_sweep", "report", "run_sweep", "sweep"]
@@ -486,7 +487,7 @@ class SweepPlan:
     budget_key: str
     budgets: list
     init_labels: list[str]
-    specs: dict  # init label -> weight spec (absolute path, "timm:..." or None)
+    specs: dict  # init label -> weight spec (absolute path, "timm/..." or None)
     init_extra: dict  # init label -> its own config overrides
     init_key: str
     seeds: list
@@ -705,8 +706,8 @@ def plan_sweep(
         if _null_spec(spec):
             specs[str(label)] = None
         elif not isinstance(spec, str):
-            raise SweepError(f"init {label!r}: a weight spec is a path, 'timm:<model-name>' or null, got {spec!r}")
-        elif spec.startswith("timm:"):
+            raise SweepError(f"init {label!r}: a weight spec is a path, 'timm/<model-name>' or null, got {spec!r}")
+        elif timm_spec_model(spec, warn=False) is not None:
             specs[str(label)] = spec
         elif not os.path.isfile(spec):
             if not dry_run:
@@ -855,7 +856,7 @@ def sweep(
         inits: ``{label: weight spec}`` (JSON string or dict; null = random), set as ``init_key``.
             Default ``{"random": null}``. A value may also be a dict of config overrides for that
             init, holding the weight spec under ``init_key`` (e.g. ``{"pretrained_encoder":
-            "timm:tf_efficientnet_b0", "normalization": {...ImageNet mean/std...}}``).
+            "timm/tf_efficientnet_b0", "normalization": {...ImageNet mean/std...}}``).
         seeds: seeds; each sets every id in ``seed_key`` (a key or a list of keys; default: the
             declaration's ``seed_ids`` when ``budget_key`` is the declared id, else ``seed``).
         init_key: config id that takes the weight spec (default ``pretrained_encoder``).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool"]
+__all__ = ["as_bool", "encoder_param_groups", "image_meta", "init_distributed", "non_encoder_params", "sync_batchnorm"]
 
 
 def as_bool(value, key: str = "flag") -> bool:
@@ -16,3 +16,45 @@ def as_bool(value, key: str = "flag") -> bool:
             return False
         raise ValueError(f"config `{key}` must be true or false, got {value!r}")
     return bool(value)
+
+
+def encoder_param_groups(network, encoder_lr: float, encoder: str = "encoder") -> list[dict]:
+    """Optimizer parameter groups: ``network.<encoder>`` at ``encoder_lr``, every other parameter
+    in a second group at the optimizer's ``lr`` (MONAI's ``generate_param_groups`` with a
+    ``select`` match, so a config needs no lambda)."""
+    from monai.optimizers import generate_param_groups
+
+    if not hasattr(network, encoder):
+        raise AttributeError(f"{type(network).__name__} has no sub-module {encoder!r}")
+    return generate_param_groups(network=network, layer_matches=[lambda m: getattr(m, encoder)],
+                                 match_types=["select"], lr_values=[encoder_lr], include_others=True)
+
+
+def non_encoder_params(network, encoder: str = "encoder") -> list:
+    """The parameters of ``network`` outside ``network.<encoder>`` (a frozen-encoder optimizer)."""
+    prefix = f"{encoder}."
+    return [p for n, p in network.named_parameters() if not n.startswith(prefix)]
+
+
+def image_meta(batch, key: str = "image") -> list[dict]:
+    """``MetricsSaver(batch_transform=...)``: the meta dict of ``key`` of every item of a
+    decollated batch (file names for the per-image metric rows)."""
+    return [item[key].meta for item in batch]
+
+
+def init_distributed() -> bool:
+    """Join the ``torchrun`` process group once (NCCL on GPUs, gloo on CPUs); True when initialised."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.is_initialized()
+
+
+def sync_batchnorm(network):
+    """``network`` with its BatchNorm layers synchronised across processes when on GPUs (DDP);
+    unchanged on CPUs, where ``SyncBatchNorm`` does not run."""
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) if torch.cuda.is_available() else network

@@ -9,7 +9,7 @@ Usage (from the repository root)::
     python scripts/label_efficiency.py --bundle flexibleunet_tools \\
         --budgets "[10,25,50,100]" --seeds "[0,1,2]" \\
         --inits '{"random": null, "simclr": "runs/simclr_cholec/models/encoder.pt",
-                  "imagenet": {"pretrained_encoder": "timm:tf_efficientnet_b0",
+                  "imagenet": {"pretrained_encoder": "timm/tf_efficientnet_b0",
                                "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}}' \\
         --budget_label "% of training images" \\
         --out_dir runs/label_efficiency/tools --dataset_dir data/tools --epochs 20
@@ -23,7 +23,7 @@ Usage (from the repository root)::
     # training seed and the subset seed (the declared seed_ids); x axis = number of labelled slices
     python scripts/label_efficiency.py --bundle unet_acdc \\
         --budgets "[0.01,0.1,1.0]" --seeds "[0,13,42]" \\
-        --inits '{"random": null, "imagenet": "timm:resnet50", "byol_acdc": "runs/byol_acdc/models/encoder.pt"}' \\
+        --inits '{"random": null, "imagenet": "timm/resnet50", "byol_acdc": "runs/byol_acdc/models/encoder.pt"}' \\
         --budget_to_x "{0.01: 15, 0.1: 150, 1.0: 1498}" \\
         --budget_label "labelled training slices" --logx --out_dir runs/label_efficiency/acdc
 

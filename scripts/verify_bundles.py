@@ -15,6 +15,16 @@ Prints one line ``<bundle>: <problem>`` per problem and exits with status 1 if t
 * every ``configs/*.json`` loads and parses with ``monai.bundle.ConfigParser`` (no component is
   instantiated and no expression is evaluated); a config that does not load on its own is
   accepted when it loads merged onto ``train.json`` (overlays such as ``multi_gpu_train.json``);
+* config hygiene (:func:`_check_expressions`): no ``$`` expression holds a ``lambda``, names a
+  private attribute (``._x``, ``getattr(x, '_x')``) or is longer than :data:`MAX_EXPRESSION`
+  characters (name the parts, or move the Python into ``monai_ssl_ext``); no root id of any config
+  file indexes into a list (``train#handlers#4#save_dict``: a new handler silently shifts it);
+* the glossary of shared ids (:data:`GLOSSARY`, the README's "Adding a bundle"): an id with a
+  glossary name has the glossary's type (``normalization`` is exactly ``{mean, std}``, a CT window
+  goes in ``intensity_window``, ...); no forbidden synonym (:data:`SYNONYMS`: ``lr``,
+  ``max_epochs``, ``weights``, ...) is a root id; ``init_weights`` appears only in pretraining
+  configs (``SSLTrainer``), ``pretrained_encoder`` only in the others; a ``label_budget``
+  declaration in ``metadata.json`` names a config and ids that exist;
 * ``docs/README.md`` has a ``## Published settings`` section with a markdown table whose first
   column is a backticked config id (nested ids with ``#``) and whose second column is a
   backticked JSON literal; every row must equal the raw (unresolved) value of that id in
@@ -48,6 +58,55 @@ REQUIRED_FILES = (
 SETTINGS_HEADING = "Published settings"
 FLOAT_TOL = 1e-12
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+
+MAX_EXPRESSION = 100  # characters of one "$..." expression
+
+# The shared config ids (README, "Adding a bundle"): id -> (type check name, meaning).
+GLOSSARY: dict[str, tuple[str, str]] = {
+    "bundle_root": ("str", "folder the run's relative paths start from"),
+    "dataset_dir": ("str", "folder of the dataset (images, labels, datalists)"),
+    "output_dir": ("str", "folder of this bundle's run outputs"),
+    "ckpt_dir": ("str", "folder of checkpoints, the best model and encoder.pt"),
+    "device": ("str", "torch device expression (cuda:LOCAL_RANK under torchrun)"),
+    "seed": ("int", "seed of set_determinism and of every seeded choice"),
+    "amp": ("bool", "automatic mixed precision in trainer and evaluator"),
+    "epochs": ("int", "training epochs (trainer max_epochs)"),
+    "epoch_length": ("int|null", "iterations per epoch (null: the whole loader)"),
+    "batch_size": ("int", "items per batch, per process"),
+    "num_workers": ("int", "DataLoader worker processes"),
+    "learning_rate": ("number", "base learning rate of the optimizer"),
+    "backbone": ("str", "trunk name for build_backbone (efficientnet-b0, resnet50, timm/<name>, vit)"),
+    "in_channels": ("int", "input image channels"),
+    "num_classes": ("int", "output classes (segmentation: background included)"),
+    "image_size": ("size", "2D input size: int or [H, W]"),
+    "roi_size": ("size", "3D crop / sliding-window size: int or [D, H, W]"),
+    "normalization": ("normalization", "{mean, std} of the map applied to inputs (channel-wise)"),
+    "intensity_window": ("intensity_window", "CT window {a_min, a_max, b_min, b_max, clip} (ScaleIntensityRanged)"),
+    "init_weights": ("spec", "weight spec a pretraining run starts from (path, timm/<name>, null)"),
+    "pretrained_encoder": ("spec", "weight spec a finetuning run loads (path to encoder.pt, timm/<name>, null)"),
+    "resume": ("bool", "continue from ckpt_dir/checkpoint_last.pt"),
+    "val_interval": ("int", "epochs between validations"),
+    "network_def": ("component", "the network (a _target_ component)"),
+    "network": ("component|expr", "network_def on the device (DDP-wrapped in multi_gpu_train.json)"),
+    "loss": ("component|expr", "the loss"),
+    "optimizer": ("component|expr", "the optimizer"),
+    "lr_scheduler": ("component|expr", "the learning-rate schedule"),
+    "train": ("dict", "train#datalist, #dataset, #dataloader, #handlers, #trainer, ..."),
+    "validate": ("dict", "validate#datalist, #dataset, #dataloader, #handlers, #evaluator, ..."),
+}
+# forbidden root ids -> the glossary id to use
+SYNONYMS: dict[str, str] = {
+    "lr": "learning_rate", "base_lr": "learning_rate", "max_epochs": "epochs", "num_epochs": "epochs",
+    "n_epochs": "epochs", "weights": "init_weights / pretrained_encoder", "pretrained": "pretrained_encoder",
+    "pretrained_weights": "init_weights / pretrained_encoder", "checkpoint_dir": "ckpt_dir",
+    "model_dir": "ckpt_dir", "data_dir": "dataset_dir", "dataset_path": "dataset_dir", "bs": "batch_size",
+    "workers": "num_workers", "use_amp": "amp", "random_seed": "seed", "n_classes": "num_classes",
+    "out_channels": "num_classes", "img_size": "image_size / roi_size", "spatial_size": "image_size / roi_size",
+    "norm": "normalization", "mean": "normalization", "std": "normalization", "window": "intensity_window",
+    "a_min": "intensity_window", "a_max": "intensity_window", "model": "network",
+}
+WINDOW_KEYS = {"a_min", "a_max", "b_min", "b_max", "clip"}
+LABEL_BUDGET_KEYS = {"config", "id", "unit", "seed_ids", "sweep"}
 
 _SCHEMA_CACHE: dict[str, Any] = {}  # url -> parsed schema (downloaded at most once per process)
 
@@ -155,6 +214,165 @@ def _check_configs(bundle: Path) -> list[str]:
             err = f"{err}; merged onto train.json: {err_merged}"
         if err:
             problems.append(f"configs/{cfg.name}: does not parse with ConfigParser: {err}")
+    return problems
+
+
+# ----------------------------------------------------------------------- config hygiene
+
+_LAMBDA = re.compile(r"\blambda\b")
+_PRIVATE = re.compile(r"\.\s*_[A-Za-z0-9_]|getattr\([^)]*,\s*['\"]_")
+_INDEX_SEGMENT = re.compile(r"(^|#)\d+(#|$)")
+
+
+def _strings(obj, path: str = ""):
+    """(id, string) of every string value in a config."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(v, f"{path}#{k}" if path else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _strings(v, f"{path}#{i}")
+    elif isinstance(obj, str):
+        yield path, obj
+
+
+def _load_configs(bundle: Path) -> dict[str, dict]:
+    out = {}
+    for cfg in sorted((bundle / "configs").glob("*.json")):
+        if cfg.name == "metadata.json":
+            continue
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # reported by the parse check
+        if isinstance(data, dict):
+            out[cfg.name] = data
+    return out
+
+
+def _check_expressions(bundle: Path) -> list[str]:
+    problems: list[str] = []
+    for name, config in _load_configs(bundle).items():
+        for key in config:
+            if isinstance(key, str) and _INDEX_SEGMENT.search(key):
+                problems.append(
+                    f"configs/{name}: `{key}` overrides a list item by position (a new item shifts it): "
+                    "give the item its own id and reference it")
+        for where, text in _strings(config):
+            if not text.startswith("$"):
+                continue
+            if _LAMBDA.search(text):
+                problems.append(f"configs/{name}: `{where}` holds a lambda ({text!r}): use a function of monai_ssl_ext")
+            if _PRIVATE.search(text):
+                problems.append(f"configs/{name}: `{where}` names a private attribute ({text!r})")
+            if len(text) > MAX_EXPRESSION:
+                problems.append(
+                    f"configs/{name}: `{where}` is a {len(text)}-character expression (at most {MAX_EXPRESSION}): "
+                    "split it into named ids or move it into monai_ssl_ext")
+    return problems
+
+
+# ----------------------------------------------------------------------------- glossary
+
+
+def _is_ref(v) -> bool:
+    return isinstance(v, str) and v.startswith(("$", "@", "%"))
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _type_problem(kind: str, v) -> str | None:
+    """Why ``v`` (a raw config value) is not of glossary type ``kind`` (None if it is)."""
+    if _is_ref(v) and kind not in ("normalization", "intensity_window", "component"):
+        return None  # computed: the value is checked where it is written
+    ok = {
+        "str": lambda: isinstance(v, str),
+        "int": lambda: isinstance(v, int) and not isinstance(v, bool),
+        "int|null": lambda: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "number": lambda: _num(v),
+        "bool": lambda: isinstance(v, bool),
+        "size": lambda: (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) or _is_ref(x) for x in v)),
+        "spec": lambda: v is None or isinstance(v, str),
+        "component": lambda: isinstance(v, dict) and "_target_" in v,
+        "component|expr": lambda: (isinstance(v, dict) and "_target_" in v) or isinstance(v, str),
+        "dict": lambda: isinstance(v, dict),
+    }
+    if kind == "normalization":
+        if _is_ref(v):
+            return None
+        if not isinstance(v, dict) or set(v) != {"mean", "std"}:
+            keys = sorted(v) if isinstance(v, dict) else type(v).__name__
+            hint = "; a CT window goes in `intensity_window`" if isinstance(v, dict) and set(v) & WINDOW_KEYS else ""
+            return f"must be a dict with exactly `mean` and `std`, got {keys}{hint}"
+        return None
+    if kind == "intensity_window":
+        if _is_ref(v):
+            return None
+        if not isinstance(v, dict) or not {"a_min", "a_max"} <= set(v) or not set(v) <= WINDOW_KEYS:
+            return f"must be a dict {{a_min, a_max[, b_min, b_max, clip]}}, got {v!r}"
+        return None
+    return None if ok[kind]() else f"must be {kind}, got {json.dumps(v)}"
+
+
+def _is_pretraining(config: dict) -> bool:
+    return any(text == "SSLTrainer" or text.endswith(".SSLTrainer") for where, text in _strings(config)
+               if where.endswith("_target_"))
+
+
+def _check_glossary(bundle: Path) -> list[str]:
+    problems: list[str] = []
+    configs = _load_configs(bundle)
+    train = configs.get("train.json", {})
+    for name, config in configs.items():
+        standalone = name == "train.json" or "network_def" in config
+        pretraining = _is_pretraining(config) if standalone else _is_pretraining(train)
+        for key, value in config.items():
+            if not isinstance(key, str) or "#" in key:
+                continue
+            if key in SYNONYMS:
+                problems.append(f"configs/{name}: `{key}` is a synonym of the glossary id `{SYNONYMS[key]}`: use that")
+            if key in GLOSSARY:
+                why = _type_problem(GLOSSARY[key][0], value)
+                if why:
+                    problems.append(f"configs/{name}: `{key}` ({GLOSSARY[key][1]}) {why}")
+            if key == "init_weights" and not pretraining:
+                problems.append(f"configs/{name}: `init_weights` is the start of a pretraining run; a finetuning "
+                                "config loads its encoder with `pretrained_encoder`")
+            if key == "pretrained_encoder" and pretraining:
+                problems.append(f"configs/{name}: `pretrained_encoder` is what finetuning loads; a pretraining "
+                                "config starts from `init_weights`")
+    problems += _check_label_budget(bundle, configs)
+    return problems
+
+
+def _check_label_budget(bundle: Path, configs: dict[str, dict]) -> list[str]:
+    meta_file = bundle / "configs" / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    if not isinstance(meta, dict) or "label_budget" not in meta:
+        return []
+    decl = meta["label_budget"]
+    where = "configs/metadata.json: `label_budget`"
+    if not isinstance(decl, dict) or set(decl) != LABEL_BUDGET_KEYS:
+        keys = sorted(decl) if isinstance(decl, dict) else type(decl).__name__
+        return [f"{where} must have exactly {sorted(LABEL_BUDGET_KEYS)}, got {keys}"]
+    problems = []
+    config = configs.get(decl["config"])
+    if config is None:
+        return [f"{where}: config {decl['config']!r} is not a config file of the bundle"]
+    defined = set(config) | (set(configs.get("train.json", {})) if "network_def" not in config else set())
+    for cid in [decl["id"], *(decl["seed_ids"] if isinstance(decl["seed_ids"], list) else [None])]:
+        if cid not in defined:
+            problems.append(f"{where}: id {cid!r} is not a root id of configs/{decl['config']}")
+    if not isinstance(decl["sweep"], list) or not decl["sweep"]:
+        problems.append(f"{where}: `sweep` must be a non-empty list of budgets")
+    if not isinstance(decl["unit"], str) or not decl["unit"]:
+        problems.append(f"{where}: `unit` must say what one budget counts")
     return problems
 
 
@@ -336,6 +554,8 @@ def verify_bundle(bundle_dir: str | os.PathLike, schema: str | os.PathLike | dic
     problems += _check_metadata(bundle, schema)
     if (bundle / "configs").is_dir():
         problems += _check_configs(bundle)
+        problems += _check_expressions(bundle)
+        problems += _check_glossary(bundle)
     problems += _check_settings(bundle)
     return problems
 

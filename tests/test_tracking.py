@@ -28,3 +28,37 @@ def test_finetuning_run_logs_encoder_header(demo_data, tmp_path):
     assert params["encoder.source"] == str(encoder)
     assert params["encoder.loaded"] == "358" and params["encoder.ignored"] == "2"
     assert Path(params["encoder.source"]).is_file()
+    # the run parameters are derived from the config: the config lists none of these
+    config = (ROOT / "bundles" / "flexibleunet_tools" / "configs" / "train.json").read_text()
+    assert '"learning_rate": "@learning_rate"' not in config
+    assert params["epochs"] == "2" and params["batch_size"] == "2"
+    assert float(params["learning_rate"]) == 1e-4
+    assert params["normalization.mean"] == "[0.5, 0.5, 0.5]"
+    assert params["pretrained_encoder"] == str(encoder) and params["backbone"] == "efficientnet-b0"
+    assert "device" not in params and "network" not in params and "optimizer" not in params
+
+
+def test_config_params_derives_scalar_ids(tmp_path):
+    """Root ids with scalar / short values are parameters; components, object-valued and
+    never-evaluated expressions are not."""
+    from monai.bundle import ConfigParser
+
+    from monai_ssl_ext.handlers.tracking import TrackParams, config_params
+
+    parser = ConfigParser({
+        "imports": ["$import torch"],
+        "epochs": 3, "learning_rate": 0.1, "out": "$'/tmp/' + 'x'", "name": "@out",
+        "normalization": {"mean": [0.5], "std": [0.25]}, "device": "$torch.device('cpu')",
+        "net": {"_target_": "torch.nn.Identity"}, "unused": "$1 + 1", "long": list(range(100)),
+        "handler": {"_target_": "TrackParams", "params": {"extra": "@epochs"}},
+    })
+    parser.parse()
+    handler = parser.get_parsed_content("handler")
+    for key in ("out", "device"):
+        parser.get_parsed_content(key)
+    params = config_params(parser)
+    assert params == {"epochs": 3, "learning_rate": 0.1, "out": "/tmp/x", "name": "/tmp/x",
+                      "normalization": {"mean": [0.5], "std": [0.25]}}
+    flat = handler.all_params()
+    assert flat["extra"] == "3" and flat["epochs"] == "3" and flat["normalization.std"] == "[0.25]"
+    assert "net" not in flat and "handler" not in flat and "long" not in flat

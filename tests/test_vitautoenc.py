@@ -261,16 +261,16 @@ def test_encoder_export_loads_into_unetr_vit(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     path = tmp_path / "encoder.pt"
     norm = {"a_min": -57, "a_max": 164, "b_min": 0.0, "b_max": 1.0, "clip": True}
-    export_encoder(backbone, str(path), method="vitautoenc", normalization=norm)
+    export_encoder(backbone, str(path), method="vitautoenc", intensity_window=norm)
     payload = torch.load(path, weights_only=True)
-    assert payload["arch"] == "vit" and payload["normalization"] == norm
+    assert payload["arch"] == "vit" and payload["intensity_window"] == norm and payload["normalization"] == {}
     assert not any(k.startswith("conv3d_transpose") for k in payload["state_dict"])
 
     unetr = UNETR(in_channels=1, out_channels=14, img_size=32, feature_size=16, hidden_size=48, mlp_dim=96,
                   num_heads=4, proj_type="conv", norm_name="instance", res_block=True, dropout_rate=0.0)
-    report = load_encoder(unetr.vit, str(path), expected_normalization=norm)
+    report = load_encoder(unetr.vit, str(path), expected_intensity_window=norm)
     assert report.missing == [] and report.unused == [] and report.mismatched == []
-    assert "normalization_warning" not in report.header
+    assert "intensity_window_warning" not in report.header
     x = torch.rand(2, 1, 32, 32, 32)
     backbone.eval(), unetr.eval()
     with torch.no_grad():

@@ -7,7 +7,7 @@ import logging
 from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
-from ..encoders import export_encoder
+from ..encoders import check_intensity_window, check_normalization, export_encoder
 from ..io import check_writable, remove_stale_temps
 from ..networks.backbones import Backbone
 
@@ -28,14 +28,18 @@ class EncoderExport:
         path: output file, e.g. ``"$@ckpt_dir + '/encoder.pt'"``.
         method: SSL method name stored in the header.
         normalization: the input normalisation used in pretraining (``{"mean": [...], "std": [...]}``).
+        intensity_window: the CT intensity window of pretraining (``{"a_min", "a_max", "b_min",
+            "b_max", "clip"}``, the ``intensity_window`` id), recorded under its own header key.
         interval: export every N epochs (0: only at the end).
     """
 
-    def __init__(self, backbone: Backbone, path: str, method: str, normalization: dict | None = None, interval: int = 1):
+    def __init__(self, backbone: Backbone, path: str, method: str, normalization: dict | None = None, interval: int = 1,
+                 intensity_window: dict | None = None):
         if not isinstance(backbone, Backbone):
             raise TypeError(f"EncoderExport: backbone must be a monai_ssl_ext Backbone, got {type(backbone).__name__}")
         self.backbone, self.path, self.method = backbone, path, method
-        self.normalization = dict(normalization or {})
+        self.normalization = check_normalization(normalization)
+        self.intensity_window = check_intensity_window(intensity_window)
         self.interval = int(interval)
         self.logger = logging.getLogger("monai_ssl_ext.EncoderExport")
         self._written: tuple[int, int] | None = None  # (epoch, iteration) of the last export
@@ -68,6 +72,7 @@ class EncoderExport:
             self.path,
             method=self.method,
             normalization=self.normalization,
+            intensity_window=self.intensity_window or None,
             epoch=engine.state.epoch,
             iteration=engine.state.iteration,
         )

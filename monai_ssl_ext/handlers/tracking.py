@@ -3,11 +3,115 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 
 from ignite.engine import Engine, Events
 
-__all__ = ["TrackParams", "flatten_params"]
+__all__ = ["TrackParams", "config_params", "flatten_params"]
+
+# root ids that are not run parameters: the workflow's own lists and the test harness's keys
+NOT_PARAMS = {"imports", "initialize", "run", "finalize", "demo_data", "smoke_outputs"}
+MAX_ITEMS = 16  # a list / dict longer than this is data, not a parameter
+MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _is_param_value(value, depth: int = 0) -> bool:
+    """A scalar (number, string, bool, null) or a short list / dict of scalars (one level of short
+    lists inside a dict, e.g. ``{"mean": [...], "std": [...]}``)."""
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, os.PathLike):
+        return True
+    if depth >= 2:
+        return False
+    if isinstance(value, (list, tuple)):
+        return len(value) <= MAX_ITEMS and all(_is_param_value(v, depth + 1) and not isinstance(v, (list, tuple, dict))
+                                               for v in value)
+    if isinstance(value, dict):
+        return len(value) <= MAX_ITEMS and all(isinstance(k, str) and _is_param_value(v, depth + 1)
+                                               for k, v in value.items())
+    return False
+
+
+def _plain(value):
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _has_component(raw) -> bool:
+    if isinstance(raw, dict):
+        return "_target_" in raw or any(_has_component(v) for v in raw.values())
+    if isinstance(raw, list):
+        return any(_has_component(v) for v in raw)
+    return False
+
+
+def _is_expression(raw) -> bool:
+    return isinstance(raw, str) and raw.startswith("$")
+
+
+def _has_reference(raw) -> bool:
+    if isinstance(raw, str):
+        return raw.startswith(("$", "@", "%"))
+    if isinstance(raw, dict):
+        return any(_has_reference(v) for v in raw.values())
+    if isinstance(raw, list):
+        return any(_has_reference(v) for v in raw)
+    return False
+
+
+def config_params(parser) -> dict:
+    """The run parameters of a parsed bundle config: every root id whose value is a scalar or a
+    short list / dict of scalars (paths included). Components (``_target_``) are skipped; so are
+    ``$`` expressions that produce objects (a device, a network) and expressions the run never
+    evaluated (evaluating them here could have side effects)."""
+    raw_config = parser.get() or {}
+    resolved = getattr(parser.ref_resolver, "resolved_content", {})
+    out: dict = {}
+    for key, raw in raw_config.items():
+        if not isinstance(key, str) or key in NOT_PARAMS or "#" in key or _has_component(raw):
+            continue
+        if not _has_reference(raw):
+            value = raw
+        elif key in resolved:
+            value = resolved[key]
+        elif _is_expression(raw):
+            continue
+        else:  # a literal that references other ids (e.g. "@epochs", {"mean": "@mean"})
+            try:
+                value = parser.get_parsed_content(key)
+            except Exception:
+                continue
+        if _is_param_value(value):
+            out[key] = _plain(value)
+    return out
+
+
+def _running_parser():
+    """The ``ConfigParser`` of the running ``ConfigWorkflow`` (``monai_ssl_ext.overrides``), or else
+    the ``ConfigParser`` whose ``get_parsed_content`` is instantiating this handler."""
+    from monai.bundle import ConfigParser
+
+    from monai_ssl_ext.overrides import _running_workflow
+
+    workflow = _running_workflow()
+    if workflow is not None:
+        return workflow.parser
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigParser):
+            return candidate
+        frame = frame.f_back
+    return None
 
 
 def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
@@ -39,35 +143,76 @@ def _mlflow_handlers(engine: Engine) -> list:
 
 
 class TrackParams:
-    """Hand ``params`` and ``artifacts`` to the ``MLFlowHandler`` that MONAI's ``--tracking mlflow``
-    attaches to the same engine, through that handler's own arguments: ``experiment_param``
-    (logged when its run starts) and ``artifacts`` (files logged when the run completes). Does
-    nothing when tracking is off.
+    """Hand the run's parameters and ``artifacts`` to the ``MLFlowHandler`` that MONAI's
+    ``--tracking mlflow`` attaches to the same engine, through that handler's own arguments:
+    ``experiment_param`` (logged when its run starts) and ``artifacts`` (files logged when the
+    run completes). Does nothing when tracking is off.
+
+    The parameters are derived from the config (:func:`config_params`: every root id with a
+    scalar or short list / dict value, read from the running ``ConfigWorkflow``'s parser at
+    STARTED) plus ``params``, what the config passes explicitly (e.g. ``@encoder_report``, a
+    count of training items); an explicit key wins over a derived one.
 
     Args:
-        params: dict of parameters (nested dicts are flattened with dots; a ``LoadReport`` is
+        params: dict of extra parameters (nested dicts are flattened with dots; a ``LoadReport`` is
             expanded to its header).
         artifacts: files (or folders) to log at the end of the run, e.g. the exported
             ``encoder.pt`` and the best model; missing ones are skipped.
+        derive: False logs ``params`` only.
     """
 
-    def __init__(self, params: dict, artifacts: list[str] | tuple[str, ...] = ()):
-        self.params = params
+    def __init__(self, params: dict | None = None, artifacts: list[str] | tuple[str, ...] = (), derive: bool = True):
+        self.params = dict(params or {})
         self.artifacts = tuple(str(a) for a in ([artifacts] if isinstance(artifacts, str) else artifacts))
+        self.derive = derive
+        self.parser = _running_parser() if derive else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
-        flat = flatten_params(self.params)
-        for handler in _mlflow_handlers(engine):
-            handler.artifacts = tuple(a for a in handler.artifacts if a) + self.artifacts
-            if handler.cur_run is None:  # its start() (after this handler) logs them
-                handler.experiment_param = {**(handler.experiment_param or {}), **flat}
-            else:  # attached before this handler: log through the public client
-                from mlflow.entities import Param
+    def all_params(self) -> dict[str, str]:
+        """The flat ``{name: text}`` parameters this handler logs."""
+        parser = self.parser if self.parser is not None or not self.derive else _running_parser()
+        derived = config_params(parser) if parser is not None else {}
+        return flatten_params({**derived, **self.params})
 
-                logged = handler.client.get_run(handler.cur_run.info.run_id).data.params
-                new = [Param(k, v) for k, v in flat.items() if k not in logged]
-                if new:
-                    handler.client.log_batch(handler.cur_run.info.run_id, params=new)
+    def __call__(self, engine: Engine) -> None:
+        handlers = _mlflow_handlers(engine)
+        if not handlers:
+            return
+        flat = self.all_params()
+        for handler in handlers:
+            handler.artifacts = tuple(a for a in handler.artifacts if a) + self.artifacts
+            if handler.cur_run is None:  # its start() (after this handler) logs one batch of them
+                given = dict(handler.experiment_param or {})
+                room = max(MLFLOW_BATCH - len(given), 0)
+                names = [k for k in flat if k not in given]
+                handler.experiment_param = {**given, **{k: flat[k] for k in names[:room]}}
+                rest = {k: flat[k] for k in names[room:]}
+                if rest:  # handlers added while STARTED fires run after the MLFlowHandler's start()
+                    engine.add_event_handler(Events.STARTED, _log_later(handler, rest))
+            else:  # attached before this handler: log through the public client
+                _log_params(handler, flat)
+
+
+def _log_params(handler, flat: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    if handler.cur_run is None:
+        return
+    run_id = handler.cur_run.info.run_id
+    logged = handler.client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in flat.items() if k not in logged]
+    for i in range(0, len(new), MLFLOW_BATCH):
+        handler.client.log_batch(run_id, params=new[i:i + MLFLOW_BATCH])
+
+
+def _log_later(handler, flat: dict[str, str]):
+    done = []
+
+    def log(engine: Engine) -> None:
+        if not done:
+            done.append(True)
+            _log_params(handler, flat)
+
+    return log
