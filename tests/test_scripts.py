@@ -264,7 +264,7 @@ GOOD_TRAIN = {
     "imports": ["$import monai_ssl_ext"],
     "learning_rate": 5e-4,
     "hidden_dims": [512, 128],
-    "use_amp": True,
+    "amp": True,
     "network_def": {"_target_": "FlexibleUNet", "in_channels": 3, "out_channels": 2, "backbone": "efficientnet-b0"},
     "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate"},
     "network": "$@network_def.to('cpu')",
@@ -282,7 +282,7 @@ Some text.
 | `network_def#backbone` | `"efficientnet-b0"` | a | b |
 | `hidden_dims` | `[512, 128]` | 4 x hidden, hidden |
 | `optimizer#lr` | `"@learning_rate"` | raw reference |
-| `use_amp` | `true` | |
+| `amp` | `true` | |
 | `temperature` | `0.07000000000000001` | tau |
 
 ## Other section
@@ -300,7 +300,7 @@ def _make_bundle(root: Path, meta=None, train=None, readme=GOOD_README) -> Path:
     (b / "configs" / "multi_gpu_train.json").write_text(json.dumps(
         {"optimizer#lr": "$@learning_rate * 2", "network": "$@network_def.to(@device)"}  # an overlay on train.json
     ))
-    (b / "configs" / "smoke.json").write_text(json.dumps({"max_epochs": 1}))
+    (b / "configs" / "smoke.json").write_text(json.dumps({"epochs": 1}))
     (b / "configs" / "logging.conf").write_text("[loggers]\nkeys=root\n")
     (b / "docs" / "README.md").write_text(readme)
     (b / "LICENSE").write_text("Apache-2.0\n")
@@ -364,7 +364,7 @@ def test_verify_bundle_metadata_problems(tmp_path):
 @needs_schema
 def test_verify_bundle_config_does_not_parse(tmp_path):
     b = _make_bundle(tmp_path)
-    (b / "configs" / "smoke.json").write_text('{"max_epochs": 1,,}')
+    (b / "configs" / "smoke.json").write_text('{"epochs": 1,,}')
     (p,) = vb.verify_bundle(b, schema=SCHEMA)
     assert p.startswith("configs/smoke.json: does not parse with ConfigParser")
     b = _make_bundle(tmp_path)
@@ -381,10 +381,10 @@ def test_verify_bundle_config_does_not_parse(tmp_path):
          "docs/README.md:9: `learning_rate` is 0.0001 in the README but 0.0005 in configs/train.json"),
         ("`network_def#backbone`", "`network_def#arch`", "docs/README.md:10: `network_def#arch` is not an id of configs/train.json"),
         ("`[512, 128]`", "`[512, 128, 1]`", "docs/README.md:11: `hidden_dims` is [512, 128, 1] in the README but [512, 128] in configs/train.json"),
-        ("`true`", "`1`", "docs/README.md:13: `use_amp` is 1 in the README but true in configs/train.json"),
+        ("`true`", "`1`", "docs/README.md:13: `amp` is 1 in the README but true in configs/train.json"),
         ("`0.07000000000000001`", "`0.0700001`", "docs/README.md:14: `temperature` is 0.0700001 in the README but 0.07 in configs/train.json"),
         ("`0.07000000000000001`", "`0.07,`", "docs/README.md:14: value of `temperature` is not a JSON literal"),
-        ("| `use_amp` |", "| use_amp |", "docs/README.md:13: first column must be a backticked config id"),
+        ("| `amp` |", "| amp |", "docs/README.md:13: first column must be a backticked config id"),
         ("## Published settings", "## Settings", "docs/README.md: no '## Published settings' section"),
     ],
 )
