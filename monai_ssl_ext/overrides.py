@@ -91,18 +91,23 @@ def config_ids(files: Iterable[str]) -> set[str]:
     return ids
 
 
-def _running_workflow():
-    """The ``ConfigWorkflow`` whose ``initialize`` is evaluating this call (found on the call stack;
-    a config expression has no other handle on it)."""
-    from monai.bundle import ConfigWorkflow
-
+def caller_of_type(cls):
+    """The nearest ``self`` of type ``cls`` on the call stack: how a config component reaches the
+    ``ConfigWorkflow`` / ``ConfigParser`` that is instantiating it (it has no other handle)."""
     frame = inspect.currentframe()
     while frame is not None:
         candidate = frame.f_locals.get("self")
-        if isinstance(candidate, ConfigWorkflow):
+        if isinstance(candidate, cls):
             return candidate
         frame = frame.f_back
     return None
+
+
+def _running_workflow():
+    """The ``ConfigWorkflow`` whose ``initialize`` is evaluating this call."""
+    from monai.bundle import ConfigWorkflow
+
+    return caller_of_type(ConfigWorkflow)
 
 
 def check_cli_overrides(argv: list[str] | None = None) -> dict[str, str | None]:

@@ -1,5 +1,5 @@
 """Run bundle configs in-process the way ``python -m monai.bundle run`` does, recording the
-training loss. Used by tests/test_bundles.py and, under torchrun, for the multi-GPU configs."""
+training loss. Used by tests/bundles/test_bundles.py and, under torchrun, for the multi-GPU configs."""
 
 from __future__ import annotations
 

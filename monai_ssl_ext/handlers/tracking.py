@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -100,18 +99,10 @@ def _running_parser():
     the ``ConfigParser`` whose ``get_parsed_content`` is instantiating this handler."""
     from monai.bundle import ConfigParser
 
-    from monai_ssl_ext.overrides import _running_workflow
+    from monai_ssl_ext.overrides import _running_workflow, caller_of_type
 
     workflow = _running_workflow()
-    if workflow is not None:
-        return workflow.parser
-    frame = inspect.currentframe()
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, ConfigParser):
-            return candidate
-        frame = frame.f_back
-    return None
+    return workflow.parser if workflow is not None else caller_of_type(ConfigParser)
 
 
 def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:

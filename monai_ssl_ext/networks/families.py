@@ -22,7 +22,7 @@ Built-in families (first match wins, highest ``priority`` first):
 
 Adding a family is one :func:`register_family` call (and one test that an exported trunk of it
 computes the same features after :func:`~monai_ssl_ext.encoders.load_encoder`); see
-``tests/test_families.py`` for a complete toy entry.
+``tests/networks/test_families.py`` for a complete toy entry.
 
 Key maps (``maps_from`` / ``maps_to``) are ``fn(src_keys, dst_keys) -> {src_key: dst_key}``; a source
 key left out of the result is unused. The pair (source, target) is looked up on the target's

@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import read_bundle_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "unetr_btcv" / "configs"
 TRAIN_24 = [*range(1, 11), *range(21, 35)]
 VAL = list(range(35, 41))

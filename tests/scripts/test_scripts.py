@@ -19,7 +19,7 @@ from PIL import Image
 
 from monai_ssl_ext.data import load_datalist, read_frame_csv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
 

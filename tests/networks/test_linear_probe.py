@@ -23,7 +23,7 @@ from monai_ssl_ext.networks import (
     stack_from_engine,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "simclr_cholec" / "configs"
 HEADER_NORM = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
 

@@ -306,7 +306,7 @@ def test_init_weights_start_from_an_encoder(tmp_path):
     from monai_ssl_ext.encoders import export_encoder
     from monai_ssl_ext.networks import build_backbone
 
-    cfg = Path(__file__).resolve().parents[1] / "bundles" / "vitautoenc_ct" / "configs"
+    cfg = Path(__file__).resolve().parents[2] / "bundles" / "vitautoenc_ct" / "configs"
     smoke = _json.loads((cfg / "smoke.json").read_text())
     source = build_backbone("vit", spatial_dims=3, in_channels=1, img_size=smoke["roi_size"], patch_size=16,
                             hidden_size=smoke["hidden_size"], mlp_dim=smoke["mlp_dim"], num_layers=12,

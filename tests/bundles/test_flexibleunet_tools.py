@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import read_bundle_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "flexibleunet_tools" / "configs"
 SMOKE = {"epochs": 2, "epoch_length": 2, "batch_size": 2, "num_workers": 0, "image_size": [64, 64], "val_interval": 1}
 DEMO_SIZE = (48, 80)  # (H, W): not square, so a transposed mask has the wrong shape
