@@ -79,6 +79,7 @@ import ast
 import csv
 import io
 import json
+import inspect
 import math
 import os
 import re
@@ -817,30 +818,7 @@ def report(plan: SweepPlan, results: SweepResults) -> dict:
             "eval_on_validation_data": p.eval_on_val}
 
 
-def sweep(
-    bundle: str,
-    budget_key: str | None = None,
-    budgets: Any = None,
-    inits: Any = None,
-    seeds: Any = (0,),
-    seed_key: Any = None,
-    init_key: str = "pretrained_encoder",
-    metric: str | None = None,
-    test_metric: str | None = None,
-    minimize: bool = False,
-    out_dir: str = "runs/label_efficiency",
-    overrides: Any = None,
-    configs: Any = None,
-    evaluate: str | None = "evaluate.json",
-    eval_overrides: Any = None,
-    budget_label: str | None = None,
-    budget_to_x: Any = None,
-    logx: bool = False,
-    experiment: str | None = None,
-    skip_done: bool = False,
-    dry_run: bool = False,
-    **config_overrides: Any,
-) -> dict:
+def sweep(bundle: str, **options: Any) -> dict:
     """Run ``bundle`` over ``budgets`` × ``inits`` × ``seeds``, report each run's test score:
     :func:`plan_sweep`, then (unless ``dry_run``) :func:`run_sweep` and :func:`report`. Returns
     ``{"rows": [...], "summary": markdown, "results_csv", "summary_md", "plot", "tracking_uri",
@@ -884,24 +862,22 @@ def sweep(
         config_overrides: further ``--id value`` pairs, merged into ``overrides``
             (``--dataset_dir data/tools --epochs 20``).
     """
-    plan = plan_sweep(
-        bundle, budget_key=budget_key, budgets=budgets, inits=inits, seeds=seeds, seed_key=seed_key, init_key=init_key,
-        metric=metric, test_metric=test_metric, minimize=minimize, out_dir=out_dir, overrides=overrides,
-        configs=configs, evaluate=evaluate, eval_overrides=eval_overrides, budget_label=budget_label,
-        budget_to_x=budget_to_x, logx=logx, experiment=experiment, skip_done=skip_done, dry_run=dry_run,
-        **config_overrides,
-    )
+    plan = plan_sweep(bundle, **options)
     print(f"label-efficiency sweep: {plan.bundle_name}, {len(plan.runs)} runs ({len(plan.budgets)} budgets × "
           f"{len(plan.init_labels)} inits × {len(plan.seeds)} seeds), reported: {plan.test_metric} of "
           f"{Path(plan.evaluate).name} on the best-{plan.metric} checkpoint, MLflow {plan.uri} experiment "
           f"{plan.experiment!r}", flush=True)
-    if dry_run:
+    if options.get("dry_run", False):
         print(plan.describe())
         return {"rows": [], "plan": plan.runs, "tracking_uri": plan.uri, "experiment": plan.experiment,
                 "metric": plan.metric, "test_metric": plan.test_metric, "budget_key": plan.budget_key,
                 "budgets": plan.budgets, "seed_keys": plan.seed_keys, "configs": [Path(f).name for f in plan.config_files],
                 "eval_on_validation_data": plan.eval_on_val}
     return report(plan, run_sweep(plan))
+
+
+# the command line (fire) and help() show plan_sweep's options for sweep
+sweep.__signature__ = inspect.signature(plan_sweep).replace(return_annotation=dict)  # type: ignore[attr-defined]
 
 
 def _one_run(plan: SweepPlan, results: SweepResults, b: Any, init: str, seed: Any) -> dict:
