@@ -220,6 +220,12 @@ def budget_subset(
     return class_balanced_subset(items, per_class, seed=seed, label_key=label_key, exclude_labels=exclude_labels)
 
 
+def image_items(items) -> list[dict]:
+    """``[{"image": path}, ...]`` from a datalist (dicts with an ``image`` key) or a list of paths:
+    the items of an inference run, which reads images only."""
+    return [{"image": item["image"] if isinstance(item, dict) else item} for item in items]
+
+
 def load_datalist(
     path: str | os.PathLike, key: str, base_dir: str | os.PathLike | None = None, is_segmentation: bool = True
 ) -> list[dict]:

@@ -372,6 +372,12 @@ def timm_spec_model(spec, warn: bool = True) -> str | None:
     return None
 
 
+def arch_if_random(backbone: str, spec) -> str | None:
+    """``backbone`` when ``spec`` means random initialisation, else None: the architecture then
+    comes from the encoder file's header (a probe or inference run on an exported encoder)."""
+    return backbone if is_random_init(spec) else None
+
+
 def is_baseline_init(spec) -> bool:
     """True for the comparison baselines of a finetuning run: random initialisation or supervised
     ImageNet weights (``timm/<name>``); False for a self-supervised ``encoder.pt``."""

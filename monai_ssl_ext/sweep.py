@@ -955,7 +955,9 @@ def _one_run(plan: SweepPlan, results: SweepResults, b: Any, init: str, seed: An
            "val_metric": c.val_reported, "best_val_value": best_val, "run_id": run_id, "run_name": name,
            "output_dir": str(run_dir)}
     done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps({"signature": signature, "row": row}, indent=1, default=str))
+    from monai_ssl_ext.io import atomic_write_text
+
+    atomic_write_text(done, json.dumps({"signature": signature, "row": row}, indent=1, default=str))
     c.timings.append(time.time() - t0)
     print(f"--- {name}: {test_metric} = {_fmt(value)} (best {metric} = {_fmt(best_val)}; {c.timings[-1]:.1f} s)",
           flush=True)

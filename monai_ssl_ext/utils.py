@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool", "encoder_param_groups", "image_meta", "init_distributed", "non_encoder_params", "sync_batchnorm"]
+__all__ = ["as_bool", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
+           "log_on_rank_zero", "non_encoder_params", "sync_batchnorm"]
 
 
 def as_bool(value, key: str = "flag") -> bool:
@@ -50,6 +51,41 @@ def init_distributed() -> bool:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.is_initialized()
+
+
+def finetune_param_groups(network, freeze: bool, learning_rate: float, encoder_learning_rate: float,
+                          frozen_learning_rate: float, encoder: str = "encoder") -> list[dict]:
+    """Optimizer parameter groups of a finetuning run (source A, SPEC A.4): with a frozen encoder one
+    group of the other parameters at ``frozen_learning_rate``; otherwise the encoder at
+    ``encoder_learning_rate`` and the rest at ``learning_rate``."""
+    if as_bool(freeze, "freeze"):
+        return [{"params": non_encoder_params(network, encoder), "lr": float(frozen_learning_rate)}]
+    groups = encoder_param_groups(network, encoder_learning_rate, encoder)
+    for group in groups:
+        group.setdefault("lr", float(learning_rate))
+    return groups
+
+
+def epoch_milestones(fractions, epochs: int) -> list[int]:
+    """Scheduler milestones at fractions of the run (``[0.6, 0.8]`` of 100 epochs: ``[60, 80]``),
+    each at least epoch 1."""
+    return [max(1, int(round(float(f) * int(epochs)))) for f in fractions]
+
+
+def log_on_rank_zero(*engines) -> int:
+    """Under ``torchrun``, keep the INFO lines (per-iteration stats, epoch summaries) of ``engines``
+    and of MONAI's ``StatsHandler`` on rank 0; other ranks log warnings and errors only. Call it
+    after the engines (and their StatsHandlers, which reset their logger) are built. Returns the
+    level set on this rank."""
+    import logging
+
+    from .distributed import get_rank
+
+    level = logging.INFO if get_rank() == 0 else logging.WARNING
+    for engine in engines:
+        engine.logger.setLevel(level)
+    logging.getLogger("monai.handlers.StatsHandler").setLevel(level)
+    return level
 
 
 def sync_batchnorm(network):

@@ -77,6 +77,8 @@ def test_metrics_named_by_split(bundle):
     """Metrics computed on a test list are test_*; on the validation list val_*."""
     for name, config in _configs(bundle).items():
         datalist = json.dumps(config.get("validate#datalist", ""))
+        if "validate#datalist" in config:  # an override names the list it scores
+            assert "'test" in datalist or "'valid" in datalist, f"{bundle.name}/{name}: which split is {datalist}?"
         split = "test" if "'test" in datalist else "val"
         for metric in _metric_names(config):
             assert metric.startswith(f"{split}_"), f"{bundle.name}/{name}: {metric} is computed on the {split} list"
