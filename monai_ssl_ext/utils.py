@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
+__all__ = ["as_bool", "close_distributed", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
            "log_on_rank_zero", "non_encoder_params", "sync_batchnorm"]
 
 
@@ -86,6 +86,17 @@ def log_on_rank_zero(*engines) -> int:
         engine.logger.setLevel(level)
     logging.getLogger("monai.handlers.StatsHandler").setLevel(level)
     return level
+
+
+def close_distributed() -> None:
+    """Leave the process group at the end of a ``torchrun`` run: wait for every rank (rank 0 may
+    still be writing checkpoints), then destroy the group, so no rank tears down its
+    communication threads while another still talks to it."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def sync_batchnorm(network):
