@@ -16,10 +16,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleRun", "command_line", "evaluator_metrics", "run_bundle"]
+__all__ = ["BundleRun", "command_line", "evaluator_metrics", "run_bundle", "smoke_files", "smoke_settings"]
 
 #: merged after the configs when ``smoke=True``
 SMOKE_CONFIG = "smoke.json"
+
+
+def smoke_files(bundle_dir: str | os.PathLike, configs: list[str]) -> list[str]:
+    """The tiny settings merged after ``configs`` in a smoke run: ``smoke.json``, then for each
+    config ``X.json`` that has one, ``smoke_X.json`` (what a variant such as ``train_3d.json`` or
+    ``train_vit.json`` needs beyond smoke.json: a 3D or ViT trunk small enough, its demo data)."""
+    cfg = Path(bundle_dir) / "configs"
+    extra = [cfg / f"smoke_{Path(c).name}" for c in configs]
+    return [str(cfg / SMOKE_CONFIG)] + [str(p) for p in extra if p.is_file()]
+
+
+def smoke_settings(bundle_dir: str | os.PathLike, configs: list[str]) -> dict:
+    """The merged smoke files of :func:`smoke_files` as one dict (later files win), e.g. the
+    ``demo_data`` kind and ``smoke_outputs`` the harness reads."""
+    merged: dict = {}
+    for f in smoke_files(bundle_dir, configs):
+        merged.update(json.loads(Path(f).read_text()))
+    return merged
 
 
 @dataclass
@@ -105,7 +123,8 @@ def run_bundle(
         overrides: ``{id: value}`` config overrides (``bundle_root``, ``dataset_dir``, ``epochs``,
             ...); ``finalize=[]`` keeps the process group alive between torchrun jobs.
         tracking: ``"mlflow"`` (or a settings dict) for MONAI's experiment tracking.
-        smoke: merge the bundle's ``smoke.json`` last (the test harness's tiny settings).
+        smoke: merge the bundle's ``smoke.json`` (and ``smoke_<config>.json`` of each config that
+            has one, :func:`smoke_files`) last: the test harness's tiny settings.
         record_loss: record ``train#trainer``'s loss every iteration when the configs train.
         echo: print the equivalent ``python -m monai.bundle run`` command first.
         workflow_type: ``ConfigWorkflow``'s property set (None: metadata only).
@@ -117,7 +136,7 @@ def run_bundle(
 
     cfg = Path(bundle_dir) / "configs"
     names = [configs] if isinstance(configs, (str, os.PathLike)) else list(configs)
-    files = [config_path(bundle_dir, c) for c in names] + ([str(cfg / SMOKE_CONFIG)] if smoke else [])
+    files = [config_path(bundle_dir, c) for c in names] + (smoke_files(bundle_dir, names) if smoke else [])
     pairs = {**(overrides or {}), **more_overrides}
     if echo:
         print(f"\n=== {command_line(files, tracking, pairs)}\n", flush=True)

@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-# smoke.json is merged onto every run; cpu_demo.json is a documented CPU-sized override for users
-NON_RUN_CONFIGS = {"metadata.json", "smoke.json", "cpu_demo.json"}
+# smoke.json (and smoke_<config>.json) are merged onto every run; cpu_demo.json is a documented
+# CPU-sized override for users
+NON_RUN_CONFIGS = {"metadata.json", "cpu_demo.json"}
 
 #: printed (flushed) on stdout before each torchrun job, so a rank's output splits per bundle
 JOB_MARKER = "bundle_runner job: "
@@ -20,7 +21,7 @@ def run_configs(bundle: Path) -> list[str]:
     """The configs the harness runs, train.json first (the others use what it writes)."""
     names = sorted(
         p.name for p in (bundle / "configs").glob("*.json")
-        if p.name not in NON_RUN_CONFIGS and not p.name.startswith("multi_gpu")
+        if p.name not in NON_RUN_CONFIGS and not p.name.startswith(("multi_gpu", "smoke"))
     )
     return ["train.json"] + [n for n in names if n != "train.json"]
 

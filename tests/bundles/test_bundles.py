@@ -15,6 +15,7 @@ import pytest
 
 from bundle_runner import assert_trained, run_config, run_configs
 from conftest import BUNDLES, ROOT, SCHEMA, load_script
+from monai_ssl_ext.workflow import smoke_settings
 
 IDS = [b.name for b in BUNDLES]
 
@@ -35,13 +36,14 @@ def test_bundle_runs(bundle, demo_data, tmp_path):
     """train.json with MLflow tracking, then every other config, in one bundle_root."""
     from mlflow.tracking import MlflowClient
 
-    settings = smoke(bundle)
-    data_dir = demo_data(settings["demo_data"])
-    expected = settings.get("smoke_outputs", {})
+    expected = smoke(bundle).get("smoke_outputs", {})
     for config in run_configs(bundle):
         tracking = "mlflow" if config == "train.json" else None
         configs = [config] if config == "train.json" or _standalone(bundle, config) else ["train.json", config]
-        res = run_config(bundle, configs, str(tmp_path), data_dir, tracking=tracking)
+        data_dir = demo_data(smoke_settings(bundle, configs)["demo_data"])  # a variant may train on other data
+        # a training variant (train_3d.json, train_vit.json) writes into its own bundle_root
+        root = tmp_path / Path(config).stem if config.startswith("train_") else tmp_path
+        res = run_config(bundle, configs, str(root), data_dir, tracking=tracking)
         if config == "train.json" or res["losses"]:
             assert_trained(res["losses"], f"{bundle.name}/{config}")
         for rel in expected.get(config, []):
@@ -81,24 +83,35 @@ def test_pretraining_bundles_found():
     assert {"simclr_cholec", "byol_acdc", "vitautoenc_ct"} <= {b.name for b in PRETRAINING}
 
 
-@pytest.mark.parametrize("bundle", PRETRAINING, ids=[b.name for b in PRETRAINING])
-def test_views_differ_between_reads(bundle, demo_data, tmp_path):
+def _training_variants(bundle: Path) -> list[list[str]]:
+    """train.json and each training variant merged onto it (``train_3d.json``, ``train_vit.json``)."""
+    return [["train.json"]] + [["train.json", n] for n in run_configs(bundle) if n.startswith("train_")]
+
+
+PRETRAINING_VARIANTS = [(b, v) for b in PRETRAINING for v in _training_variants(b)]
+
+
+@pytest.mark.parametrize("bundle,configs", PRETRAINING_VARIANTS,
+                         ids=[f"{b.name}-{Path(v[-1]).stem}" for b, v in PRETRAINING_VARIANTS])
+def test_views_differ_between_reads(bundle, configs, demo_data, tmp_path):
     """The same item read twice from ``train#dataset`` as configured (caching included) gives new
-    views: a cache that stores the views freezes the augmentation for the whole run."""
+    views: a cache that stores the views freezes the augmentation for the whole run. Every
+    training variant (2D, 3D, ViT) is checked."""
     import torch
     from monai.bundle import ConfigWorkflow
+    from monai_ssl_ext.workflow import smoke_files
 
     cfg = bundle / "configs"
-    wf = ConfigWorkflow(config_file=[str(cfg / "train.json"), str(cfg / "smoke.json")], workflow_type=None,
+    wf = ConfigWorkflow(config_file=[str(cfg / c) for c in configs] + smoke_files(bundle, configs), workflow_type=None,
                         meta_file=str(cfg / "metadata.json"), logging_file=str(cfg / "logging.conf"),
-                        bundle_root=str(tmp_path), dataset_dir=demo_data(smoke(bundle)["demo_data"]))
+                        bundle_root=str(tmp_path), dataset_dir=demo_data(smoke_settings(bundle, configs)["demo_data"]))
     wf.initialize()
     dataset = wf.parser.get_parsed_content("train#dataset")
     view_keys = wf.parser.get_parsed_content("train#trainer").view_keys  # the trainer's, defaults included
     first, second = dataset[0], dataset[0]
     first, second = (x[0] if isinstance(x, list) else x for x in (first, second))  # crop-sample lists
     # the un-augmented input kept beside the views (MultiViewd's original_key) is not a view
-    originals = set(re.findall(r'"original_key": "([^"]+)"', (cfg / "train.json").read_text()))
+    originals = set(re.findall(r'"original_key": "([^"]+)"', "".join((cfg / c).read_text() for c in configs)))
     for key in [k for k in view_keys if k not in originals]:
         a, b = torch.as_tensor(first[key]), torch.as_tensor(second[key])
         assert a.shape == b.shape, (key, a.shape, b.shape)
