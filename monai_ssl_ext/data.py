@@ -5,8 +5,11 @@ everywhere and always name the offending file (and line / path where relevant):
 
 * :func:`read_frame_csv` -- the ``path,label`` frame CSVs written by ``scripts/extract_frames.py``
   (and the published SimCLR ``sample_csv.csv``, which has no header);
+* :func:`read_image_list` -- a flat folder of pictures (e.g. Hyperkvasir ``unlabeled-images/images``)
+  or a ``path,label`` CSV whose labels may be class names;
 * :func:`load_datalist` -- MONAI decathlon-style JSON datalists;
 * :func:`percent_subset` -- "N% of the training items", seeded (tool-segmentation ``--perc``);
+* :func:`split_80_10_10` -- SSL4GIE's image-level train / val / test split (``split_ids``);
 * :func:`class_balanced_subset` / :func:`budget_subset` -- class-balanced label budgets of the
   SimCLR linear-probe protocol (1% = 200 frames per class, 10% = 2000 per class, 100% = all);
 * :func:`probe_datalist` -- a labelled frame list for a linear probe (from a ``path,label`` CSV),
@@ -29,6 +32,7 @@ from typing import Any
 
 __all__ = [
     "ACDC_SUBSET_SIZES",
+    "acdc_group_items",
     "BUDGETS",
     "budget_subset",
     "class_balanced_subset",
@@ -36,6 +40,8 @@ __all__ = [
     "percent_subset",
     "probe_datalist",
     "read_frame_csv",
+    "read_image_list",
+    "split_80_10_10",
     "subset_size",
     "subset_with_oversampling",
 ]
@@ -106,6 +112,160 @@ def read_frame_csv(
     if not items:
         raise ValueError(f"frame CSV {str(csv_path)!r} has no data rows.")
     return items
+
+
+#: Picture file types that :func:`read_image_list` lists from a folder (lower-case suffixes).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def read_image_list(
+    source: str | os.PathLike,
+    base_dir: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> list[dict[str, Any]]:
+    """The pictures of a flat folder or of a ``path,label`` CSV, as a MONAI-style list of dicts.
+
+    * A **folder**: every file directly in it whose suffix is one of :data:`IMAGE_SUFFIXES` (any case), sorted by
+      name, not recursive, hidden files skipped -- e.g. Hyperkvasir's ``unlabeled-images/images``. Gives
+      ``[{"image": <absolute path>}, ...]``.
+    * A **CSV** (``*.csv``): one picture per row, ``path[,label]``; a first row ``path,label`` (or ``path``) is a
+      header. Relative paths are resolved against ``base_dir``, by default the CSV's folder. Labels:
+
+      - empty or ``-1`` -- unlabelled; when every row is unlabelled the items are ``{"image"}`` only (the same as
+        for a folder, so either input feeds the same pretraining pipeline), otherwise such rows get label ``-1``;
+      - integers -- kept: ``{"image", "label": int}``;
+      - class names (e.g. ``cecum``) -- encoded as their index in ``class_names``, by default the sorted distinct
+        names of the file (torchvision ``ImageFolder``'s and SSL4GIE's ``sorted(folders)`` order), and kept as
+        ``"class_name"``: ``{"image", "label": int, "class_name": str}``.
+
+    Args:
+        source: the folder or the CSV file.
+        base_dir: folder that relative paths in a CSV are resolved against (default: the CSV's folder); not used
+            for a folder source.
+        class_names: the class order for class-name labels (default: sorted names found in the CSV).
+        check_files: check that every picture listed in a CSV exists (one ``stat`` per row).
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist; a listed picture does not exist (names the CSV and line).
+        ValueError: the folder holds no pictures (also when it only holds sub-folders -- the message lists a few,
+            e.g. point at ``unlabeled-images/images``, not ``unlabeled-images``); the CSV has no rows, a row with
+            more than two fields or an empty path, mixes integer and class-name labels, or names a class not in
+            ``class_names`` (each names the CSV and line).
+    """
+    src = Path(os.path.expanduser(str(source)))
+    if src.is_dir():
+        return _read_image_folder(src)
+    if not src.exists():
+        raise FileNotFoundError(f"image list {str(src)!r} does not exist (expected a folder of pictures or a CSV).")
+    if src.suffix.lower() != ".csv":
+        raise ValueError(f"image list {str(src)!r} is neither a folder of pictures nor a '.csv' file.")
+    return _read_image_csv(src, base_dir, class_names, check_files)
+
+
+def _read_image_folder(folder: Path) -> list[dict[str, Any]]:
+    with os.scandir(folder) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    files = [e for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+    if not files:
+        subdirs = [e.name for e in entries if e.is_dir()]
+        hint = (
+            f"; it has sub-folders ({', '.join(subdirs[:5])}{', ...' if len(subdirs) > 5 else ''}): point to the"
+            " folder that holds the pictures (e.g. Hyperkvasir's 'unlabeled-images/images')"
+            if subdirs
+            else ""
+        )
+        raise ValueError(f"image folder {str(folder)!r} holds no pictures ({'/'.join(IMAGE_SUFFIXES)}){hint}.")
+    root = os.path.abspath(folder)
+    return [{"image": os.path.join(root, e.name)} for e in files]
+
+
+def _read_image_csv(
+    csv_path: Path, base_dir: str | os.PathLike | None, class_names: Sequence[str] | None, check_files: bool
+) -> list[dict[str, Any]]:
+    root = Path(base_dir) if base_dir is not None else csv_path.resolve().parent
+    rows: list[tuple[int, str, str]] = []  # (line, absolute path, raw label)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            row = [c.strip() for c in row]
+            if not any(row):
+                continue
+            if lineno == 1 and row[0].lower() == "path" and [c.lower() for c in row[1:]] in ([], ["label"]):
+                continue
+            if len(row) > 2:
+                raise ValueError(f"{csv_path}, line {lineno}: expected 'path,label', got {len(row)} fields: {row!r}.")
+            if not row[0]:
+                raise ValueError(f"{csv_path}, line {lineno}: empty image path.")
+            path = Path(os.path.expanduser(row[0]))
+            path_abs = os.path.normpath(os.path.abspath(path if path.is_absolute() else root / path))
+            if check_files and not os.path.isfile(path_abs):
+                raise FileNotFoundError(f"{csv_path}, line {lineno}: image {path_abs!r} does not exist.")
+            rows.append((lineno, path_abs, row[1] if len(row) > 1 else ""))
+    if not rows:
+        raise ValueError(f"image list {str(csv_path)!r} has no data rows.")
+
+    def as_int(label: str) -> int | None:
+        try:
+            return int(label)
+        except ValueError:
+            return None
+
+    labelled = [(n, lab) for n, _, lab in rows if lab not in ("", "-1")]
+    if not labelled:
+        return [{"image": p} for _, p, _ in rows]
+    named = [(n, lab) for n, lab in labelled if as_int(lab) is None]
+    if not named:
+        return [{"image": p, "label": -1 if lab == "" else int(lab)} for _, p, lab in rows]
+    if len(named) != len(labelled):
+        line = next(n for n, lab in labelled if as_int(lab) is not None)
+        raise ValueError(
+            f"{csv_path}, line {line}: integer label among class-name labels (e.g. line {named[0][0]}: "
+            f"{named[0][1]!r}); use one kind of label per file."
+        )
+    names = list(class_names) if class_names is not None else sorted({lab for _, lab in named})
+    index = {c: i for i, c in enumerate(names)}
+    for n, lab in named:
+        if lab not in index:
+            raise ValueError(f"{csv_path}, line {n}: class {lab!r} is not one of class_names {names}.")
+    unlabelled = ("", "-1")
+    return [
+        {"image": p, "label": -1 if lab in unlabelled else index[lab], "class_name": "" if lab in unlabelled else lab}
+        for _, p, lab in rows
+    ]
+
+
+def split_80_10_10(items: Sequence, seed: int = 42) -> dict[str, list]:
+    """SSL4GIE's split of ``items`` (e.g. the sorted image file names of Kvasir-SEG, CVC-ClinicDB or
+    Hyperkvasir labelled-images) into ``{"training", "validation", "test"}`` lists, 80 / 10 / 10 at
+    image level (``Data/dataloaders.py::split_ids``): ``n_test = round(0.1 N)``; scikit-learn's
+    ``train_test_split(range(N), test_size=n_test, random_state=seed)`` gives (train, test), and the
+    same call on that train part with the same ``n_test`` gives (train, val). Kvasir-SEG's 1000 images
+    give 800 / 100 / 100, CVC-ClinicDB's 612 give 490 / 61 / 61.
+
+    Computed here without scikit-learn, as its ``ShuffleSplit`` does it: ``perm =
+    RandomState(seed).permutation(n)``, test ``perm[:n_test]``, train ``perm[n_test:]`` (the test
+    suite checks the result against scikit-learn). Each list keeps the split's order, as the
+    source's ``Subset`` does. ``items`` must already be in the source's order (``sorted(glob)``).
+
+    Raises:
+        ValueError: fewer than 6 items (empty validation and test parts).
+    """
+    import numpy as np
+
+    items = list(items)
+    n = len(items)
+    n_test = int(round(0.1 * n))
+    if n_test < 1:
+        raise ValueError(f"split_80_10_10: {n} items give an empty validation and test part (need at least 6).")
+
+    def shuffle_split(idx: list[int]) -> tuple[list[int], list[int]]:
+        perm = np.random.RandomState(seed).permutation(len(idx))
+        return [idx[i] for i in perm[n_test:]], [idx[i] for i in perm[:n_test]]
+
+    train, test = shuffle_split(list(range(n)))
+    train, val = shuffle_split(train)
+    return {"training": [items[i] for i in train], "validation": [items[i] for i in val],
+            "test": [items[i] for i in test]}
 
 
 def percent_subset(items: Sequence, perc: float, seed: int = 42) -> list:
@@ -374,3 +534,38 @@ def probe_datalist(
         counts[d["label"]] = counts.get(d["label"], 0) + 1
     logger.info(f"{name}: {len(items)} items, per class {dict(sorted(counts.items()))}")
     return items
+
+
+def _acdc_group(info_cfg: Path) -> str | None:
+    """The ``Group:`` value of an ACDC ``Info.cfg`` (None when the file has no such line)."""
+    if not info_cfg.is_file():
+        raise FileNotFoundError(f"ACDC patient info {str(info_cfg)!r} does not exist (its Group labels the slices).")
+    for line in info_cfg.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "Group":
+            return value.strip() or None
+    return None
+
+
+def acdc_group_items(slice_index: str | os.PathLike, list_key: str = "training",
+                     base_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The slices of one list of an ACDC slice index (``scripts/prepare_acdc.py``'s
+    ``acdc_slices.json``) labelled with their patient's pathology group, the ``Group:`` line of
+    the ``Info.cfg`` beside the image (DCM, HCM, MINF, NOR, RV): ``[{"image", "slice", "patient",
+    "label": group}, ...]`` (``frame`` kept where the item has one; the segmentation label path is
+    not). A patient whose ``Info.cfg`` has no ``Group:`` line gets the label None (unlabelled).
+    The labelled list of byol_acdc's online kNN monitor (one read of each patient's ``Info.cfg``).
+
+    Raises:
+        FileNotFoundError: the index or a patient's ``Info.cfg`` does not exist (named).
+        ValueError: the index has no such list (:func:`load_datalist`).
+    """
+    groups: dict[str, str | None] = {}
+    out = []
+    for item in load_datalist(slice_index, list_key, base_dir=base_dir, is_segmentation=False):
+        folder = os.path.dirname(item["image"])
+        if folder not in groups:
+            groups[folder] = _acdc_group(Path(folder) / "Info.cfg")
+        kept = {k: item[k] for k in ("image", "slice", "frame", "patient") if k in item}
+        out.append({**kept, "label": groups[folder]})
+    return out

@@ -10,13 +10,15 @@ Usage::
     python scripts/make_demo_data.py acdc --out_dir O [--n_patients 6] [--size 48] [--n_slices 4] \\
         [--n_frames 6] [--seed 0]
     python scripts/make_demo_data.py tcia --out_dir O [--n_train 4] [--n_val 2] [--size 48] [--seed 0]
+    python scripts/make_demo_data.py hyperkvasir --out_dir O [--n_unlabeled 48] [--n_per_class "(4, 6)"] [--seed 0]
 
 
 A thin command line over :mod:`monai_ssl_ext.demo`, one module per dataset layout (its docstrings
 describe each layout): ``cholec`` (Cholec80 videos, phase annotations, extracted frames and CSVs),
 ``tools`` (tool-segmentation images, masks, ``datalist.json``), ``acdc`` (ACDC raw release +
-``acdc_slices.json``), ``btcv`` (BTCV in the unetr_btcv datalists' MSD layout) and ``tcia``
-(TCIA-COVID19 chest CT). The generator functions are importable from here as before
+``acdc_slices.json``), ``btcv`` (BTCV in the unetr_btcv datalists' MSD layout), ``tcia``
+(TCIA-COVID19 chest CT) and ``hyperkvasir`` (Hyperkvasir unlabelled folder, labelled class tree,
+``knn.csv`` and ``unlabeled.csv``). The generator functions are importable from here as before
 (``make_demo_data.tools(out_dir=...)``).
 """
 
@@ -39,13 +41,14 @@ from monai_ssl_ext.demo import (  # noqa: E402
     acdc,
     btcv,
     cholec,
+    hyperkvasir,
     tcia,
     tools,
     write_video,
 )
 
 __all__ = ["ACDC_GROUPS", "BTCV_DATALISTS", "BTCV_ORGANS", "PHASE_TINTS", "VIDEO_CODECS", "acdc", "btcv", "cholec",
-           "tcia", "tools", "write_video"]
+           "hyperkvasir", "tcia", "tools", "write_video"]
 
 if __name__ == "__main__":
     import fire

@@ -10,10 +10,18 @@ from ._draw import _smooth_noise
 from ._nifti import save_nifti
 from ._scripts import script
 
-__all__ = ["ACDC_GROUPS", "acdc"]
+__all__ = ["ACDC_GROUPS", "acdc", "demo_group"]
 
-#: ACDC pathology groups: patients 1-20, 21-40, 41-60, 61-80, 81-100.
+#: ACDC pathology groups: patients 1-20, 21-40, 41-60, 61-80, 81-100 in the real release.
 ACDC_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
+
+
+def demo_group(pid: int) -> str:
+    """The demo's group of patient ``pid``: consecutive pairs of patients share a group (1-2 DCM,
+    3-4 HCM, 5-6 MINF, 7-8 NOR, 9-10 RV, 11-12 DCM, ...), so that a few demo patients span several
+    groups with two patients each (the labelled list of byol_acdc's kNN monitor, left out one
+    patient at a time). The images do not depend on the group."""
+    return ACDC_GROUPS[((pid - 1) // 2) % len(ACDC_GROUPS)]
 
 
 def _acdc_cine(
@@ -72,7 +80,7 @@ def acdc(
     published rule gets a patient: 1 -> test, 2 -> validation, 3.. -> train; 11 / 12 go to
     test / validation again)::
 
-        O/training/patientXXX/Info.cfg                       ED: 1, ES: n_frames // 2 + 1, Group, NbFrame, ...
+        O/training/patientXXX/Info.cfg                       ED: 1, ES: n_frames // 2 + 1, Group (demo_group), NbFrame, ...
         O/training/patientXXX/patientXXX_4d.nii.gz           uint16, size x size x n_slices x n_frames
         O/training/patientXXX/patientXXX_frameEE.nii.gz      the ED / ES frames of the cine volume
         O/training/patientXXX/patientXXX_frameEE_gt.nii.gz   uint8 labels 0 bg, 1 RV, 2 MYO, 3 LV
@@ -101,7 +109,7 @@ def acdc(
         height, weight = rng.uniform(150, 195), rng.uniform(50, 110)
         with open(pdir / "Info.cfg", "w", encoding="utf-8") as f:
             f.write(
-                f"ED: {ed}\nES: {es}\nGroup: {ACDC_GROUPS[(pid - 1) // 20]}\nHeight: {height:.1f}\n"
+                f"ED: {ed}\nES: {es}\nGroup: {demo_group(pid)}\nHeight: {height:.1f}\n"
                 f"NbFrame: {n_frames}\nWeight: {weight:.1f}\n"
             )
         save_nifti(pdir / f"{name}_4d.nii.gz", image, (1.5, 1.5, 10.0, 1.0))

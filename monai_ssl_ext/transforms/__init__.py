@@ -1,4 +1,5 @@
-from .augment import BYOLAugment, SimCLRAugment
+from .augment import (IMAGENET_MEAN, IMAGENET_STD, AsymmetricAugment, BYOLAugment, SimCLRAugment, ViewAugment,
+                      blur_kernel_size)
 from .checks import CheckedLoadImage, CheckedLoadImaged, ImageReadError, LoadPictured, source_name
 from .validate import CheckInputd, InputCheckError
 from .multiview import MultiViewd, view_keys
@@ -6,3 +7,5 @@ from .multicrop import MultiCropd
 from .slices import LoadSliced, SliceIndexError, read_volume
 from .spatial import RandResizedCropd
 from .intensity import RandBrightnessContrast, RandBrightnessContrastd, adjust_brightness_contrast
+from .augment3d import AsymmetricVolumeAugment, VolumeViewAugment
+from .volumes import LoadVolumed, volume_items

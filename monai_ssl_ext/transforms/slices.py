@@ -72,6 +72,62 @@ def _index(value, what: str, path: str) -> int:
     return value
 
 
+class VolumeCache:
+    """The volumes a loading transform read last, per process: ``get(path)`` returns
+    :func:`read_volume`'s ``(array, affine)``, from the cache while the file is unchanged (path,
+    modification time and size; a rewritten file is read again), the least recently used dropped
+    beyond ``size`` (0: no caching). A pickled copy (a DataLoader worker's) starts empty.
+    ``hits`` / ``misses`` count the reads served from the cache / from the file."""
+
+    def __init__(self, size: int, owner: str = "cache_size"):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"{owner} must be a non-negative int, got {size!r}.")
+        self.size = size
+        self._reset()
+
+    def _reset(self) -> None:
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __getstate__(self) -> dict:
+        return {"size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.size = state["size"]
+        self._reset()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+    def get(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"NIfTI file {path!r} does not exist.") from None
+        token = (path, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._items.get(token)
+            if hit is not None:
+                self._items.move_to_end(token)
+                self.hits += 1
+                return hit
+        vol = read_volume(path)
+        with self._lock:
+            self.misses += 1
+            if self.size > 0:
+                self._items[token] = vol
+                self._items.move_to_end(token)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return vol
+
+
 class LoadSliced(MapTransform):
     """Load one 2D slice (of one cine frame) of a NIfTI volume per key, channel first.
 
@@ -113,57 +169,25 @@ class LoadSliced(MapTransform):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be a non-negative int, got {cache_size!r}.")
         self.slice_key = slice_key
         self.frame_key = frame_key
+        self._cache = VolumeCache(cache_size)
         self.cache_size = cache_size
-        self._init_cache()
 
-    # ------------------------------------------------------------------------------ cache
-    def _init_cache(self) -> None:
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.cache_hits = 0
-        self.cache_misses = 0
+    @property
+    def cache_hits(self) -> int:
+        return self._cache.hits
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for name in ("_cache", "_lock", "cache_hits", "cache_misses"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._init_cache()
+    @property
+    def cache_misses(self) -> int:
+        return self._cache.misses
 
     def clear_cache(self) -> None:
         """Drop every cached volume (and reset the hit / miss counters)."""
-        with self._lock:
-            self._cache.clear()
-            self.cache_hits = self.cache_misses = 0
+        self._cache.clear()
 
     def _volume(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"NIfTI file {path!r} does not exist.") from None
-        token = (path, st.st_mtime_ns, st.st_size)  # a rewritten file is read again
-        with self._lock:
-            hit = self._cache.get(token)
-            if hit is not None:
-                self._cache.move_to_end(token)
-                self.cache_hits += 1
-                return hit
-        vol = read_volume(path)
-        with self._lock:
-            self.cache_misses += 1
-            if self.cache_size > 0:
-                self._cache[token] = vol
-                self._cache.move_to_end(token)
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-        return vol
+        return self._cache.get(path)
 
     # ------------------------------------------------------------------------------ slicing
     def load_slice(self, path: str | os.PathLike, slice_idx, frame_idx=None) -> MetaTensor:
