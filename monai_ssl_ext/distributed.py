@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "get_world_size", "get_rank", "gather_with_grad", "gather_no_grad", "all_reduce_mean"]
+__all__ = [
+    "is_distributed", "get_world_size", "get_rank", "gather_with_grad", "gather_no_grad", "all_reduce_mean",
+    "all_reduce_sum_with_grad",
+]
 
 
 def is_distributed() -> bool:
@@ -110,3 +113,45 @@ def all_reduce_mean(x: torch.Tensor | float) -> torch.Tensor:
         return y
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / get_world_size()
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """All-reduce (SUM) whose backward is again an all-reduce (SUM) of the incoming gradient.
+
+    Every rank holds ``y = sum_r x_r``; with rank ``r`` computing a loss ``L_r(y)``, the gradient of the total
+    ``sum_r L_r`` with respect to ``x_s`` is ``sum_r dL_r/dy``, which the backward all-reduce delivers on every rank
+    (the same convention as :func:`gather_with_grad`: local gradients are those of the sum of the per-rank losses,
+    DDP's averaging turns them into the gradient of their mean).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = x.clone(memory_format=torch.contiguous_format)  # all_reduce works in place: leave x intact
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks, differentiable: forward ``sum_r x_r`` on every rank, backward the all-reduce (SUM) of
+    the incoming gradient, so ``x_s`` receives ``sum_r dL_r/dy``.
+
+    When every rank computes the *same* loss ``L`` from the reduced tensor, each rank's local gradient is therefore
+    ``W * dL/dx_local`` and DDP's averaging over the ``W`` ranks gives exactly ``dL/dtheta`` (the gradient of the
+    single-process loss). The plain in-place ``torch.distributed.all_reduce`` records no backward, which leaves
+    ``dL/dx_local`` and, after DDP's averaging, ``1/W`` of the gradient (facebookresearch/barlowtwins#8,
+    lightly#1977). ``torch.distributed.nn.functional.all_reduce`` with ``ReduceOp.SUM`` computes the same thing in
+    torch 2.x; this function keeps the contract in one tested place and needs no op argument.
+
+    Requires the same shape on every rank (``ValueError`` otherwise). Returns ``x`` unchanged when not distributed
+    or when the world size is 1.
+    """
+    if get_world_size() == 1:
+        return x
+    _check_equal_shapes(x)
+    return _AllReduceSumWithGrad.apply(x)

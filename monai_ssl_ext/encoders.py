@@ -56,7 +56,8 @@ from torch import nn
 from . import __version__
 from .io import atomic_save
 from .networks.backbones import Backbone, build_backbone, trunk_family
-from .networks.families import TIMM_PREFIX, _tuple, conv_signature, family_of_arch, first_conv_key, map_keys
+from .networks.families import (TIMM_PREFIX, _tuple, conv_signature, family_of_arch, first_conv_key, map_keys,
+                                 map_tensor, unused_by_design)
 
 __all__ = [
     "DEFAULT_TRUNK",
@@ -673,11 +674,13 @@ def load_encoder(
     report = LoadReport(source=str(source), arch=payload["arch"], header={k: v for k, v in payload.items() if k != "state_dict"})
     first_conv_dst = mapping.get(payload.get("first_conv", ""))
     new_state = {}
+    src_family = family_of_arch(payload["arch"])
     for s_key, tensor in src.items():
         d_key = mapping.get(s_key)
-        if d_key is None or d_key not in dst:
-            report.unused.append(s_key)
+        if d_key is None or d_key not in dst:  # left out: unused, unless no forward of the source uses it
+            (report.ignored if unused_by_design(src_family, s_key) else report.unused).append(s_key)
             continue
+        tensor = map_tensor(d_key, tensor, dst[d_key])  # e.g. a position table given the target's class-token slot
         if d_key == first_conv_dst and tensor.shape != dst[d_key].shape and convert_channels:
             tensor = convert_input_channels(tensor, dst[d_key].shape[1])
             report.converted.append(f"{s_key} {payload['in_channels']}→{dst[d_key].shape[1]}")

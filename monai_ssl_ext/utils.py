@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["as_bool", "close_distributed", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
-           "log_on_rank_zero", "non_encoder_params", "sync_batchnorm"]
+           "log_on_rank_zero", "non_encoder_params", "sync_batchnorm", "weight_decay_param_groups"]
 
 
 def as_bool(value, key: str = "flag") -> bool:
@@ -105,3 +105,27 @@ def sync_batchnorm(network):
     import torch
 
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) if torch.cuda.is_available() else network
+
+
+def weight_decay_param_groups(network, weight_decay: float, no_decay: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Optimizer parameter groups with weight decay on weights only, as timm 0.3.2's ``add_weight_decay`` that
+    MAE's ``main_pretrain.py`` uses (MoCo v3 does not: its AdamW decays every parameter): no decay for 1-D parameters (biases, norm weights)
+    and names ending in ``.bias``, nor for names matching one of the ``no_decay`` regexes (e.g.
+    ``["cls_token", "mask_token"]``: the later timm convention; MAE's pretraining code decays its tokens);
+    parameters that do not require gradients (fixed position tables, frozen norms) are left out.
+
+    Returns ``[{"params": decayed, "weight_decay": weight_decay}, {"params": not_decayed, "weight_decay": 0.0}]``
+    (empty groups dropped)."""
+    import re
+
+    patterns = [re.compile(p) for p in ([no_decay] if isinstance(no_decay, str) else no_decay)]
+    decay, skip = [], []
+    for name, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or any(p.search(name) for p in patterns):
+            skip.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": skip, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

@@ -9,3 +9,4 @@ from .grad_clip import GradientClip
 from .ssl_state import FeatureQueue, KMeansState, MemoryBank
 from .evaluation import BestCheckpointLoader, ClassificationReport, stack_from_engine
 from .run_signature import RunSignature
+from .knn_monitor import KNNMonitor

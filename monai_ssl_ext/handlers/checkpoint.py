@@ -176,6 +176,12 @@ def _error_lines(error: BaseException, limit: int = 300) -> list[str]:
     return [ln if len(ln) <= limit else ln[:limit] + " ..." for ln in lines]
 
 
+def _amp_scaler(engine: Engine):
+    """The engine's enabled AMP ``GradScaler`` (MONAI trainers set ``engine.scaler`` with ``amp``), else None."""
+    scaler = getattr(engine, "scaler", None)
+    return scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() else None
+
+
 class ResumableCheckpoint:
     """Save ``save_dict`` (plus the engine's progress) to ``<ckpt_dir>/<filename>`` every
     ``interval`` epochs, atomically (write then rename), rank 0 only; on start, if the file exists,
@@ -198,6 +204,9 @@ class ResumableCheckpoint:
     the evaluator's ``best_metric`` / ``best_metric_epoch``. Without it a resumed run forgot the
     best score, and its first validation replaced the best model even when it was worse.
 
+    With AMP the trainer's ``GradScaler`` (``engine.scaler``, enabled) is saved and restored too: a
+    resumed run goes on with the loss scale it had, not from 2^16 with a few skipped steps.
+
     Args:
         ckpt_dir: folder of the checkpoint.
         save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, scheduler,
@@ -214,10 +223,10 @@ class ResumableCheckpoint:
                  resume: bool = True, best_saver=None, evaluator=None):
         self.path = os.path.join(ckpt_dir, filename)
         self.save_dict = dict(save_dict)
-        for reserved in ("engine", "best", "data_position"):
+        for reserved in ("engine", "best", "data_position", "amp_scaler"):
             if reserved in self.save_dict:
                 raise ValueError(f"ResumableCheckpoint: '{reserved}' is reserved (trainer progress / best model / "
-                                 "data position)")
+                                 "data position / AMP scaler)")
         self.position = DataPosition()
         self.best = None if best_saver is None else _best_checkpoint(best_saver)
         self.evaluator = evaluator
@@ -262,6 +271,9 @@ class ResumableCheckpoint:
         if self.best is not None or self.evaluator is not None:
             payload["best"] = self._best_state()
         payload["data_position"] = self.position.state_dict()
+        scaler = _amp_scaler(engine)
+        if scaler is not None:
+            payload["amp_scaler"] = scaler.state_dict()
         atomic_save(payload, self.path)
 
     def _best_state(self) -> dict:
@@ -349,6 +361,9 @@ class ResumableCheckpoint:
             except Exception as e:
                 raise ResumeError(f"cannot resume from checkpoint {self.path}: its best-model record does not fit "
                                   f"({type(e).__name__}: {e}); {self._start_over()}") from e
+        scaler = _amp_scaler(engine)
+        if scaler is not None and "amp_scaler" in payload:  # a checkpoint written without AMP keeps the fresh scale
+            self._apply("amp_scaler", scaler, payload["amp_scaler"], names)
         if "data_position" in payload:  # rebuilt at the next pass; then the random states are restored again
             rng_states = [(k, obj) for k, obj in self.save_dict.items() if isinstance(obj, RNGState)]
             self.position.load_state_dict(

@@ -2,11 +2,15 @@ from .families import TrunkFamily, family_of_arch, family_of_module, get_family,
 from .backbones import Backbone, build_backbone, freeze_unused_vit_norms, monai_backbone_names, trunk_family
 from .heads import MLPHead
 from .ssl import BYOL, SimCLR
+from .initialisation import zero_init_residual
+from .barlow_twins import BarlowTwins
 from .momentum import MomentumPair
+from .mocov3 import MoCoV3, freeze_patch_embedding, init_vit_as_mocov3, sincos_position_embedding
 from .downstream import LinearProbe, encoder_normalization
 # moved to data / handlers; re-exported under the old names that bundle configs use
 from ..data import probe_datalist
 from ..handlers.evaluation import BestCheckpointLoader, ClassificationReport, stack_from_engine
 from ..handlers.run_signature import RunSignature
 from .vitae import ViTAutoEncoderSSL
+from .mae import MAE, patchify, unpatchify
 from .unet import BackboneUNet

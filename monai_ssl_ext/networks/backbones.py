@@ -6,10 +6,10 @@ Names (see :mod:`.families` for the registry and how to add a family)
       ``FlexibleUNet(backbone=name).encoder`` holds, so an exported trunk loads into FlexibleUNet
       key for key;
     * ``timm/<model-name>`` builds ``timm.create_model(<model-name>, num_classes=0)`` (2D only);
-    * ``vit`` builds MONAI's ``ViT(classification=False)`` (2D/3D), the trunk of ``ViTAutoEnc`` and of
+    * ``vit`` builds MONAI's ``ViT`` without a head (2D/3D), the trunk of ``ViTAutoEnc`` and of
       ``UNETR.vit``; its size comes from keyword arguments (``img_size``, ``patch_size``,
-      ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, ``proj_type``, ``qkv_bias``),
-      stored in the encoder header as ``arch_params``.
+      ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, ``proj_type``, ``qkv_bias``,
+      ``pos_embed_type``, ``cls_token``, ``layer_norm_eps``), stored in the encoder header as ``arch_params``.
 
 Every trunk is wrapped in :class:`Backbone`: ``backbone(x)`` returns pooled features
 ``(B, feature_dim)`` for SSL heads, ``backbone.feature_maps(x)`` returns the per-stage feature maps,

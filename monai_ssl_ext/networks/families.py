@@ -14,7 +14,9 @@ Built-in families (first match wins, highest ``priority`` first):
 =========================  ====================================================================
 ``monai-efficientnet``     ``efficientnet-b0`` … ``-b8``, ``-l2``: MONAI's FlexibleUNet encoder (2D/3D)
 ``monai-resnet``           ``resnet10`` … ``resnet200``: MONAI's FlexibleUNet encoder (2D/3D)
-``monai-vit``              ``vit``: MONAI ``ViT(classification=False)`` (2D/3D; sized by ``arch_params``)
+``monai-vit``              ``vit``: MONAI ``ViT`` without a classification head (2D/3D; sized by
+                           ``arch_params``, with or without a class token); key map onto timm
+                           ``VisionTransformer`` (``timm/vit_base_patch16_224`` ...)
 ``timm-tf-efficientnet``   ``timm/tf_efficientnet_b<N>`` / ``_l2``: timm, with a key map onto
                            ``monai-efficientnet`` (priority 1, before ``timm``)
 ``timm``                   ``timm/<model-name>``: any timm model (2D)
@@ -25,9 +27,12 @@ computes the same features after :func:`~monai_ssl_ext.encoders.load_encoder`); 
 ``tests/networks/test_families.py`` for a complete toy entry.
 
 Key maps (``maps_from`` / ``maps_to``) are ``fn(src_keys, dst_keys) -> {src_key: dst_key}``; a source
-key left out of the result is unused. The pair (source, target) is looked up on the target's
-``maps_from`` (by source family or foreign-format name, e.g. :data:`TORCHVISION`), then on the
-source's ``maps_to``; without either the keys map to themselves.
+key left out of the result is unused (ignored when it is one of the source family's tensors that no
+forward uses, its ``ignore_missing``). A target key may be a :class:`MappedKey`, which also converts
+the tensor (e.g. a position-embedding table given the class-token slot the target has). The pair
+(source, target) is looked up on the target's ``maps_from`` (by source family or foreign-format
+name, e.g. :data:`TORCHVISION`), then on the source's ``maps_to``; without either the keys map to
+themselves.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from torch import nn
 __all__ = [
     "TrunkFamily",
     "KeyMap",
+    "MappedKey",
+    "map_tensor",
+    "unused_by_design",
     "TIMM_PREFIX",
     "TORCHVISION",
     "VIT_DEFAULTS",
@@ -61,6 +69,7 @@ __all__ = [
     "known_arch_names",
     "plain_arch_params",
     "freeze_unused_vit_norms",
+    "set_layer_norm_eps",
     "monai_backbone_names",
 ]
 
@@ -105,8 +114,11 @@ class TrunkFamily:
         arch_params: the architecture parameters ``build`` takes, with their defaults (recorded
             whole in the encoder header); ``None``: the arch name says everything, none accepted.
         spatial_dims: the spatial dimensions it can be built with.
-        ignore_missing: regexes of downstream tensors no encoder fills and no downstream forward
-            uses (MONAI EfficientNet's ImageNet classifier ``_fc``).
+        ignore_missing: regexes of this family's tensors that no encoder fills and no forward of
+            the trunk uses: a downstream tensor matching one may stay unfilled, a source tensor
+            matching one may be left out by a key map; both are reported as ignored (MONAI
+            EfficientNet's ImageNet classifier ``_fc``, MONAI ViT's ``norm_cross_attn`` LayerNorms
+            that only cross attention uses, a downstream head).
         maps_from: source family or foreign-format name → key map onto this family.
         maps_to: target family name → key map from this family onto it.
         signature: ``signature(module) -> {name: value}``, the architecture parameters of a module of
@@ -225,6 +237,33 @@ def map_keys(source: str | None, src_keys: list[str], target: TrunkFamily | None
     if fn is None:
         return {k: k for k in src_keys}
     return fn(list(src_keys), list(dst_keys))
+
+
+class MappedKey(str):
+    """A key map's target key whose tensor is converted on loading: ``MappedKey(key, convert)`` with
+    ``convert(tensor, target) -> tensor`` (``target``: the downstream tensor it replaces, for its
+    shape). It *is* the key (a ``str``), so maps, reports and lookups read it as one;
+    :func:`map_tensor` applies the conversion."""
+
+    convert: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __new__(cls, key: str, convert: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        obj = super().__new__(cls, key)
+        obj.convert = convert
+        return obj
+
+
+def map_tensor(key: str, tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the target key ``key`` takes it: converted when the key map made it a
+    :class:`MappedKey`, unchanged otherwise."""
+    convert = getattr(key, "convert", None)
+    return tensor if convert is None else convert(tensor, target)
+
+
+def unused_by_design(family: TrunkFamily | None, key: str) -> bool:
+    """Whether ``key`` is one of ``family``'s tensors that no forward uses (its ``ignore_missing``):
+    such a source tensor that a key map leaves out is ignored, not unused."""
+    return family is not None and any(re.search(p, key) for p in family.ignore_missing)
 
 
 def map_keys_by_order(src_keys: list[str], dst_keys: list[str], skip: str = "num_batches_tracked") -> dict[str, str]:
@@ -397,6 +436,8 @@ def _map_torchvision(src_keys: list[str], dst_keys: list[str]) -> dict[str, str]
 VIT_DEFAULTS = {
     "img_size": 96, "patch_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_layers": 12, "num_heads": 12,
     "proj_type": "conv", "qkv_bias": False, "dropout_rate": 0.0,
+    # MONAI ViT's own defaults; MAE's encoder (ViT-B/16): "sincos", True, 1e-6 (timm's and the MAE code's eps)
+    "pos_embed_type": "learnable", "cls_token": False, "layer_norm_eps": 1e-5,
 }
 
 
@@ -413,12 +454,43 @@ def freeze_unused_vit_norms(vit: nn.Module) -> list[str]:
     return frozen
 
 
-def _build_vit(arch: str, spatial_dims: int, in_channels: int, **params) -> nn.Module:
+def set_layer_norm_eps(module: nn.Module, eps: float) -> None:
+    """Set the ``eps`` of every LayerNorm in ``module`` (MONAI's transformer blocks fix 1e-5; timm's
+    ViTs and the MAE / MoCo v3 code use 1e-6)."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = float(eps)
+
+
+def _build_vit(arch: str, spatial_dims: int, in_channels: int, cls_token: bool = False,
+               layer_norm_eps: float = 1e-5, **params) -> nn.Module:
+    """MONAI ``ViT`` as a trunk: no classification head; with ``cls_token`` a class token is
+    prepended to the patch tokens (``ViT(classification=True)`` without its head: the forward then
+    returns every token, the class token first, after the final norm); every LayerNorm's eps is
+    ``layer_norm_eps``."""
     from monai.networks.nets import ViT
 
-    trunk = ViT(in_channels=in_channels, spatial_dims=spatial_dims, classification=False, **params)
+    from ..utils import as_bool
+
+    cls_token = as_bool(cls_token, "cls_token")  # "false" from a command line is False
+    trunk = ViT(in_channels=in_channels, spatial_dims=spatial_dims, classification=cls_token, **params)
+    if cls_token:
+        del trunk.classification_head  # a downstream classifier's head is its own, not the encoder's
+    set_layer_norm_eps(trunk, layer_norm_eps)
     freeze_unused_vit_norms(trunk)
     return trunk
+
+
+def _vit_prefix(trunk: nn.Module) -> int:
+    """Tokens before the patch tokens in a MONAI ViT's output: 1 with a class token, else 0."""
+    return 1 if isinstance(getattr(trunk, "cls_token", None), torch.Tensor) else 0
+
+
+def _pool_vit(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The class token after the final norm when the trunk has one (MAE / MoCo v3 / SSL4GIE's
+    ``out_token="cls"``), else the mean of the patch tokens after the final norm."""
+    tokens = trunk(x)[0]
+    return tokens[:, 0] if _vit_prefix(trunk) else tokens.mean(dim=1)
 
 
 def _is_vit(module: nn.Module) -> bool:
@@ -428,8 +500,11 @@ def _is_vit(module: nn.Module) -> bool:
 
 
 def _vit_feature_maps(trunk: nn.Module, x: torch.Tensor) -> list:
-    tokens, hidden = trunk(x)  # hidden states of every block (UNETR's skips), then the output
-    return [*hidden, tokens]
+    """The patch tokens ``(B, N, hidden)`` of every block (UNETR's skips), then of the output after
+    the final norm; a class token is left out, so each map reshapes to the patch grid."""
+    tokens, hidden = trunk(x)
+    n = _vit_prefix(trunk)
+    return [h[:, n:] for h in (*hidden, tokens)]
 
 
 def _vit_signature(vit: nn.Module) -> dict:
@@ -466,6 +541,26 @@ def _vit_signature(vit: nn.Module) -> dict:
     return {k: v for k, v in sig.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class _PosEmbed:
+    """A ViT position-embedding type as an encoder header states it, compared with a target's: a
+    fixed ``sincos`` table also fits a ``learnable`` embedding (it initialises it, as MAE's
+    finetuning does: same function at load); otherwise the types must agree (a learned table would
+    be frozen by a ``sincos`` target). The comparison is one-way: header == target."""
+
+    kind: str
+
+    def __eq__(self, other) -> bool:
+        other = other.kind if isinstance(other, _PosEmbed) else other
+        return self.kind == other or (self.kind == "sincos" and other == "learnable")
+
+    def __hash__(self) -> int:
+        return hash(self.kind)
+
+    def __repr__(self) -> str:
+        return repr(self.kind)
+
+
 def _vit_header_signature(payload: dict) -> dict:
     """The parameters of :func:`_vit_signature` from an encoder header (its ``arch_params``, MONAI
     ViT's defaults for the ones it leaves out)."""
@@ -485,7 +580,7 @@ def _vit_header_signature(payload: dict) -> dict:
         "in_channels": int(payload["in_channels"]),
         "patch_size": patch,
         "proj_type": str(p["proj_type"]).lower(),
-        "pos_embed_type": str(p["pos_embed_type"]).lower(),
+        "pos_embed_type": _PosEmbed(str(p["pos_embed_type"]).lower()),
         "n_patches": int(torch.tensor(grid.grid).prod()),
         "img_size": grid,
         "hidden_size": int(p["hidden_size"]),
@@ -493,12 +588,52 @@ def _vit_header_signature(payload: dict) -> dict:
         "num_layers": int(p["num_layers"]),
         "num_heads": int(p["num_heads"]),
         "qkv_bias": bool(p["qkv_bias"]),
-        "classification": bool(p.get("classification", False)),
+        "classification": bool(p.get("cls_token", False) or p.get("classification", False)),
     }
 
 
 def _vit_declared_img_size(value, signature: dict):
     return _grid(value, signature["patch_size"])
+
+
+_MONAI_VIT_TO_TIMM = (  # MONAI ViT tensor -> timm VisionTransformer tensor
+    (re.compile(r"^patch_embedding\.patch_embeddings\."), "patch_embed.proj."),
+    (re.compile(r"^blocks\.(\d+)\.attn\.out_proj\."), r"blocks.\1.attn.proj."),
+    (re.compile(r"^blocks\.(\d+)\.mlp\.linear1\."), r"blocks.\1.mlp.fc1."),
+    (re.compile(r"^blocks\.(\d+)\.mlp\.linear2\."), r"blocks.\1.mlp.fc2."),
+)
+
+
+def _with_prefix_slots(table: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MONAI's position table ``(1, N, D)`` covers the patches only: its class token gets no position
+    embedding. timm's ``(1, P + N, D)`` has a slot per prefix token (the class token) first: a zero
+    slot adds the same nothing (MAE's own table has a zero class-token slot). Only that one slot is
+    added: a table of another patch grid (another image or patch size) is returned as it is, so the
+    loader refuses its shape instead of loading patch positions into the wrong rows."""
+    if target.shape[1] - table.shape[1] != 1:
+        return table
+    return torch.cat([table.new_zeros(table.shape[0], 1, table.shape[2]), table], dim=1)
+
+
+def _map_monai_vit_to_timm(src_keys: list[str], dst_keys: list[str]) -> dict[str, str]:
+    """MONAI ``ViT`` → timm ``VisionTransformer`` (``timm/vit_base_patch16_224`` and its kin): the
+    same computation under other names when the ViT has timm's settings (class token, ``qkv_bias``,
+    LayerNorm eps 1e-6, GELU MLP); the position table gains the class token's zero slot; MONAI's
+    ``norm_cross_attn`` LayerNorms, which only cross attention uses, have no timm counterpart and are
+    left out (ignored). What differs otherwise shows as missing / unused tensors (no class token, no
+    qkv bias) or as architecture mismatches (eps, heads)."""
+    out = {}
+    for key in src_keys:
+        if re.search(r"(^|\.)norm_cross_attn\.", key):
+            continue
+        if key == "patch_embedding.position_embeddings":
+            out[key] = MappedKey("pos_embed", _with_prefix_slots)
+            continue
+        name = key
+        for pattern, repl in _MONAI_VIT_TO_TIMM:
+            name = pattern.sub(repl, name)
+        out[key] = name
+    return out
 
 
 # ---- timm ------------------------------------------------------------------------------------
@@ -614,11 +749,14 @@ register_family(TrunkFamily(
     matches_arch=lambda arch: arch == "vit",
     matches_module=_is_vit,
     build=_build_vit,
-    pool=lambda trunk, x: trunk(x)[0].mean(dim=1),  # mean of the patch tokens after the final norm
+    pool=_pool_vit,
     feature_maps=_vit_feature_maps,
     feature_dim=lambda trunk: int(trunk.norm.normalized_shape[-1]),
     first_conv="patch_embedding.patch_embeddings.weight",
     arch_params=MappingProxyType(VIT_DEFAULTS),
+    # cross-attention norms no forward of ViT / UNETR uses; a ViT classifier's own head
+    ignore_missing=(r"(^|\.)norm_cross_attn\.", r"^classification_head\."),
+    maps_to={"timm": _map_monai_vit_to_timm},
     signature=_vit_signature,
     header_signature=_vit_header_signature,
     declared_params={"img_size": _vit_declared_img_size},

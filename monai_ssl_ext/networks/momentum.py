@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["MomentumPair", "BRANCHES"]
+__all__ = ["MomentumPair", "MomentumPredictorMethod", "BRANCHES"]
 
 BRANCHES = ("online", "target")
 
@@ -88,3 +88,57 @@ class MomentumPair(nn.Module):
     def forward_target(self, *args, **kwargs):
         """The target network's forward under ``torch.no_grad()`` (stop-gradient)."""
         return self.target(*args, **kwargs)
+
+
+class MomentumPredictorMethod(nn.Module):
+    """What BYOL and MoCo v3 share: ``self.pair``, a :class:`MomentumPair` of ``{"backbone", "projector"}``, and
+    ``self.predictor`` on the online side only. ``forward(x1, x2)`` returns ``(p1, p2, z1, z2)``: the online
+    predictions ``predictor(projector(backbone(x_v)))`` and the target projections (under ``torch.no_grad()``) of
+    each view, each view a batch of its own (batch-norm statistics per view, as both sources).
+
+    A subclass builds ``self.pair`` and ``self.predictor`` in its ``__init__`` and sets :attr:`default_export`, the
+    branch that is the method's result (BYOL: ``"target"``; MoCo v3: ``"online"``, the base encoder)."""
+
+    default_export: str = "online"
+    pair: MomentumPair
+    predictor: nn.Module
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The online trunk (``pair.online.backbone``)."""
+        return self.pair.online.backbone
+
+    @property
+    def projector(self) -> nn.Module:
+        """The online projector (``pair.online.projector``)."""
+        return self.pair.online.projector
+
+    @property
+    def target_backbone(self) -> nn.Module:
+        """The target (momentum) trunk (``pair.target.backbone``)."""
+        return self.pair.target.backbone
+
+    @property
+    def target_projector(self) -> nn.Module:
+        """The target (momentum) projector (``pair.target.projector``)."""
+        return self.pair.target.projector
+
+    def exported_backbone(self, which: str | None = None) -> nn.Module:
+        """The trunk to export: ``"online"`` or ``"target"`` (default :attr:`default_export`)."""
+        return self.pair.exported(which or self.default_export).backbone
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """The trained parameters (backbone, projector, predictor, in this order) that require gradients, for the
+        optimizer (a frozen patch embedding or fixed position embedding is left out)."""
+        params = self.pair.online_parameters() + list(self.predictor.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def reinit_target(self) -> None:
+        """Copy the online backbone and projector (parameters and buffers) into the target."""
+        self.pair.reinit_target()
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(p1, p2, z1, z2)``: online predictions and target projections of the two views."""
+        p1, p2 = (self.predictor(self.pair(x)) for x in (x1, x2))
+        z1, z2 = (self.pair.forward_target(x) for x in (x1, x2))
+        return p1, p2, z1, z2

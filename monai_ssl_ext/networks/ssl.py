@@ -14,7 +14,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .heads import MLPHead
-from .momentum import MomentumPair
+from .momentum import MomentumPair, MomentumPredictorMethod
 
 __all__ = ["SimCLR", "BYOL", "size_groups", "forward_by_size"]
 
@@ -100,7 +100,7 @@ def _load_legacy_byol_keys(module, state_dict, prefix, *args) -> None:
                 break
 
 
-class BYOL(nn.Module):
+class BYOL(MomentumPredictorMethod):
     """BYOL (Grill et al., NeurIPS 2020): an online network (encoder f, projector g, predictor q) regresses the
     projections of a target network (f', g') that is an exponential moving average of (f, g).
 
@@ -138,6 +138,8 @@ class BYOL(nn.Module):
             SSL-MedSeg / solo-learn; BYOL's paper uses 4096). The output size must equal the projection size.
     """
 
+    default_export = "target"  # f', what SSL-MedSeg transfers
+
     def __init__(
         self,
         backbone: Backbone,
@@ -156,31 +158,6 @@ class BYOL(nn.Module):
         self.predictor = MLPHead([projection_dims[-1], *prediction_dims], batch_norm=True)
         self.register_load_state_dict_pre_hook(_load_legacy_byol_keys)
 
-    # names of the pair's parts (read-only)
-    @property
-    def backbone(self) -> Backbone:
-        """f, the online encoder (``pair.online.backbone``)."""
-        return self.pair.online.backbone
-
-    @property
-    def projector(self) -> nn.Module:
-        """g, the online projector (``pair.online.projector``)."""
-        return self.pair.online.projector
-
-    @property
-    def target_backbone(self) -> Backbone:
-        """f', the target encoder (``pair.target.backbone``)."""
-        return self.pair.target.backbone
-
-    @property
-    def target_projector(self) -> nn.Module:
-        """g', the target projector (``pair.target.projector``)."""
-        return self.pair.target.projector
-
-    def exported_backbone(self, which: str = "target") -> Backbone:
-        """The trunk to export: ``"target"`` (f', BYOL's result) or ``"online"`` (f)."""
-        return self.pair.exported(which).backbone
-
     def online_modules(self) -> nn.ModuleList:
         """``[backbone, projector]`` (kept for ``EMATargetUpdate(online=..., target=...)``; prefer ``pair``)."""
         return nn.ModuleList([self.backbone, self.projector])
@@ -188,20 +165,3 @@ class BYOL(nn.Module):
     def target_modules(self) -> nn.ModuleList:
         """``[target_backbone, target_projector]`` (kept for ``EMATargetUpdate(online=..., target=...)``)."""
         return nn.ModuleList([self.target_backbone, self.target_projector])
-
-    def online_parameters(self) -> list[nn.Parameter]:
-        """The trained parameters (backbone, projector, predictor, in this order), for the optimizer."""
-        return self.pair.online_parameters() + list(self.predictor.parameters())
-
-    def reinit_target(self) -> None:
-        """Copy the online backbone and projector (parameters and buffers) into the target."""
-        self.pair.reinit_target()
-
-    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(p0, p1, z0, z1)``: online predictions and target projections of the two views.
-
-        Each view goes through each network on its own, as in solo-learn (``training_step`` and
-        the momentum forward loop over the views): batch-norm statistics are per view."""
-        p0, p1 = (self.predictor(self.pair(x)) for x in (x0, x1))
-        z0, z1 = (self.pair.forward_target(x) for x in (x0, x1))
-        return p0, p1, z0, z1

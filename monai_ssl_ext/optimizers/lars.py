@@ -26,7 +26,18 @@ norm or gradient norm is zero are treated the same way for that step.
 Why this variant: it is what the recipe being reproduced ran. The BYOL (``byol/utils/optimizers.py``) and Barlow Twins
 / VICReg variant differs: it adds ``wd * p`` first and uses ``||g + wd * p||`` as the denominator, applies weight decay
 even when a norm is zero, starts the momentum buffer at zero and has no ``clip_lr``. An earlier version of this module
-mixed the two (BYOL's denominator with solo-learn's ``clip_lr``). ``timm.optim.Lars`` is close but not identical
+mixed the two (BYOL's denominator with solo-learn's ``clip_lr``). That variant is available as
+``variant="barlowtwins"`` (facebookresearch/barlowtwins ``main.py``, class ``LARS``), for every parameter not excluded:
+
+    u     <- g + wd * p                                      (weight decay first, whatever the norms)
+    trust <- eta * ||p|| / ||u||  if ||p|| > 0 and ||u|| > 0, else 1            (no eps)
+    u     <- trust * u
+    buf   <- m * buf + u  (buffer starting at zero);  p <- p - lr * buf
+
+and excluded parameters (its ``weight_decay_filter`` / ``lars_adaptation_filter`` on ``p.ndim == 1``) get ``u <- g``,
+as here. The zero-started buffer equals torch SGD's copy-on-first-step when ``dampening == 0`` (the reference has no
+dampening). :func:`weight_and_bias_groups` builds the reference's two parameter groups (weights; biases and
+normalisation parameters at their own learning rate). ``timm.optim.Lars`` is close but not identical
 (weight decay is added even when a norm is zero, adaptation is skipped when ``weight_decay == 0`` unless
 ``always_adapt``, and it has no per-parameter bias/norm exclusion), so it is not used.
 """
@@ -39,7 +50,9 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["LARS"]
+__all__ = ["LARS", "weight_and_bias_groups"]
+
+VARIANTS = ("solo-learn", "barlowtwins")
 
 
 class LARS(Optimizer):
@@ -60,6 +73,8 @@ class LARS(Optimizer):
         eps: added to the trust-ratio denominator ``||g|| + wd * ||p|| + eps``.
         dampening: momentum dampening ``d`` (solo-learn / torch SGD; 0 by default).
         nesterov: Nesterov momentum (requires ``momentum > 0`` and ``dampening == 0``).
+        variant: ``"solo-learn"`` (default: denominator ``||g|| + wd ||p|| + eps``, no weight decay when a norm is
+            zero) or ``"barlowtwins"`` (denominator ``||g + wd p||``, weight decay always; see the module docstring).
     """
 
     def __init__(
@@ -74,6 +89,7 @@ class LARS(Optimizer):
         eps: float = 1e-8,
         dampening: float = 0.0,
         nesterov: bool = False,
+        variant: str = "solo-learn",
     ) -> None:
         for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay), ("eta", eta),
                             ("eps", eps)):
@@ -81,9 +97,11 @@ class LARS(Optimizer):
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening.")
+        if variant not in VARIANTS:
+            raise ValueError(f"LARS variant must be one of {VARIANTS}, got {variant!r}.")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                         exclude_bias_and_norm=exclude_bias_and_norm, clip_lr=clip_lr, eps=eps, dampening=dampening,
-                        nesterov=nesterov, lars_exclude=False)
+                        nesterov=nesterov, lars_exclude=False, variant=variant)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -93,6 +111,7 @@ class LARS(Optimizer):
             group.setdefault("dampening", 0.0)
             group.setdefault("nesterov", False)
             group.setdefault("lars_exclude", False)
+            group.setdefault("variant", "solo-learn")
 
     @staticmethod
     def _excluded(p: torch.Tensor, group: dict[str, Any]) -> bool:
@@ -115,7 +134,15 @@ class LARS(Optimizer):
                     raise RuntimeError("LARS does not support sparse gradients.")
                 g = p.grad  # never modified in place
                 u = g
-                if not self._excluded(p, group):
+                if not self._excluded(p, group) and group["variant"] == "barlowtwins":
+                    u = g.add(p, alpha=wd)
+                    p_norm, u_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(u)
+                    adapt = (p_norm > 0) & (u_norm > 0)
+                    trust = torch.where(adapt, p_norm / u_norm * group["eta"], torch.ones_like(p_norm))
+                    if group["clip_lr"]:
+                        trust = torch.where(adapt, torch.clamp(trust / lr, max=1.0), trust)
+                    u = u.mul_(trust)
+                elif not self._excluded(p, group):
                     p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)  # raw gradient
                     trust = p_norm / (g_norm + p_norm * wd + group["eps"]) * group["eta"]
                     if group["clip_lr"]:
@@ -132,3 +159,16 @@ class LARS(Optimizer):
                     u = u.add(buf, alpha=momentum) if nesterov else buf
                 p.add_(u, alpha=-lr)
         return loss
+
+
+def weight_and_bias_groups(module: torch.nn.Module, bias_lr: float | None = None) -> list[dict[str, Any]]:
+    """The Barlow Twins reference's two parameter groups: ``[{"params": weights}, {"params": biases, "lr": bias_lr}]``,
+    where biases are the parameters with ``ndim == 1`` (biases, normalisation weights and biases) and weights all
+    others (facebookresearch/barlowtwins ``main.py``). Parameters that do not require gradients are left out.
+    ``bias_lr=None`` leaves the bias group at the optimizer's ``lr``. Combine with ``exclude_bias_and_norm=True``
+    so the bias group gets neither weight decay nor the trust ratio, as in the reference."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    biases = {"params": [p for p in params if p.ndim == 1]}
+    if bias_lr is not None:
+        biases["lr"] = float(bias_lr)
+    return [{"params": [p for p in params if p.ndim != 1]}, biases]

@@ -270,3 +270,28 @@ def test_resume_keeps_the_best_model(tmp_path):
     evaluator, third = _scripted_run(tmp_path, 5, scores + [0.95], resume=True)
     best = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
     assert torch.equal(best["weight"], third[5]) and evaluator.state.best_metric == pytest.approx(0.95)
+
+
+def _amp_engine(ckpt_dir: Path, epochs: int):
+    """A trainer-like engine with AMP's GradScaler (``engine.scaler``, as MONAI's trainers with ``amp``) whose
+    scale halves every iteration (as after overflowing steps)."""
+    from ignite.engine import Engine
+
+    from monai_ssl_ext.handlers import ResumableCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, batch: e.scaler.update(new_scale=e.scaler.get_scale() / 2))
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    engine.scaler.scale(torch.ones(()))  # the scale tensor exists from the first scaled loss on
+    ResumableCheckpoint(str(ckpt_dir), {"network": net}).attach(engine)
+    engine.run([0, 1], max_epochs=epochs)
+    return engine
+
+
+def test_resume_restores_the_amp_loss_scale(tmp_path):
+    """Killed after epoch 2 (4 halvings: scale 2^12); the resumed run starts from 2^12, not from a fresh 2^16."""
+    assert _amp_engine(tmp_path, 2).scaler.get_scale() == 2.0**12
+    payload = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert payload["amp_scaler"]["scale"] == 2.0**12
+    resumed = _amp_engine(tmp_path, 3)  # one more epoch: two more halvings from the saved scale
+    assert resumed.state.epoch == 3 and resumed.scaler.get_scale() == 2.0**10
