@@ -4,10 +4,11 @@ Importing the package imports every submodule, so that MONAI's ComponentLocator 
 classes defined here by their short names in bundle configs (``"$import monai_ssl_ext"``).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms, utils  # noqa: E402
 from . import encoders  # noqa: E402
 from .encoders import load_encoder  # noqa: E402
 from . import metrics  # noqa: E402
 from . import overrides  # noqa: E402
+from . import gie  # noqa: E402

@@ -93,6 +93,10 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "lr_scheduler": ("component|expr", "the learning-rate schedule"),
     "train": ("dict", "train#datalist, #dataset, #dataloader, #handlers, #trainer, ..."),
     "validate": ("dict", "validate#datalist, #dataset, #dataloader, #handlers, #evaluator, ..."),
+    "knn_interval": ("int", "epochs between online kNN evaluations of the trunk (KNNMonitor; 0: off)"),
+    "knn_datalist": ("str|null", "labelled items of the kNN monitor: path,label CSV, JSON datalist, or a list ($); null: off"),
+    "knn_transform": ("component", "MONAI transform loading a kNN item as the trunk's input (load, resize, normalise)"),
+    "frozen": ("bool", "finetuning: keep the pretrained encoder fixed (no gradient, eval-mode batch norm); only the head trains"),
 }
 # forbidden root ids -> the glossary id to use
 SYNONYMS: dict[str, str] = {
@@ -291,6 +295,7 @@ def _type_problem(kind: str, v) -> str | None:
         "str": lambda: isinstance(v, str),
         "int": lambda: isinstance(v, int) and not isinstance(v, bool),
         "int|null": lambda: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "str|null": lambda: v is None or isinstance(v, str),
         "number": lambda: _num(v),
         "bool": lambda: isinstance(v, bool),
         "size": lambda: (isinstance(v, int) and not isinstance(v, bool)) or (
@@ -309,7 +314,7 @@ def _type_problem(kind: str, v) -> str | None:
             return f"must be a dict with exactly `mean` and `std`, got {keys}{hint}"
         return None
     if kind == "intensity_window":
-        if _is_ref(v):
+        if _is_ref(v) or v is None:  # null: no CT window (2D images, MR)
             return None
         if not isinstance(v, dict) or not {"a_min", "a_max"} <= set(v) or not set(v) <= WINDOW_KEYS:
             return f"must be a dict {{a_min, a_max[, b_min, b_max, clip]}}, got {v!r}"
