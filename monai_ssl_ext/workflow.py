@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleRun", "command_line", "evaluator_metrics", "run_bundle", "smoke_files", "smoke_settings"]
+__all__ = ["BundleRun", "command_line", "config_dir", "evaluator_metrics", "run_bundle", "smoke_files", "smoke_settings"]
 
 #: merged after the configs when ``smoke=True``
 SMOKE_CONFIG = "smoke.json"
@@ -63,6 +63,26 @@ class BundleRun:
 
     def keys(self):
         return ("losses", "output_dir", "parser", "workflow", "metrics")
+
+
+def config_dir() -> str:
+    """The absolute folder of the running bundle's configs: the folder of the first config file the
+    ``ConfigWorkflow`` evaluating this call read (the folder MONAI takes ``metadata.json`` and
+    ``logging.conf`` from). How a config reaches files shipped in its own ``configs/`` (e.g.
+    ``"$monai_ssl_ext.workflow.config_dir() + '/datalists'"``) wherever the bundle was copied,
+    downloaded or unzipped, independently of ``bundle_root`` and of the folder it runs from.
+
+    Raises:
+        RuntimeError: not called while a ``ConfigWorkflow`` evaluates a config (e.g. a bare
+            ``ConfigParser``): set the id that uses it explicitly there.
+    """
+    from .overrides import _running_workflow
+
+    wf = _running_workflow()
+    if wf is None:
+        raise RuntimeError("config_dir() is only known while a ConfigWorkflow (python -m monai.bundle run) "
+                           "evaluates the config: set the id that uses it (e.g. `datalist_dir`) explicitly.")
+    return str(Path(wf.config_root_path).resolve())
 
 
 def config_path(bundle_dir: str | os.PathLike, name: str | os.PathLike) -> str:

@@ -22,6 +22,7 @@ from conftest import read_bundle_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundles" / "unetr_btcv" / "configs"
+SHIPPED = CONFIGS / "datalists"
 TRAIN_24 = [*range(1, 11), *range(21, 35)]
 VAL = list(range(35, 41))
 TINY = {"roi_size": [32, 32, 32], "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4,
@@ -41,7 +42,7 @@ def _case(path: str) -> int:
 
 @pytest.mark.parametrize("n", [6, 12, 24])
 def test_train_volumes_selects_datalist(n, tmp_path):
-    parser = _parser(["train.json"], {"bundle_root": str(ROOT), "dataset_dir": str(tmp_path), "train_volumes": n})
+    parser = _parser(["train.json"], {"dataset_dir": str(tmp_path), "train_volumes": n, "datalist_dir": str(SHIPPED)})
     train = parser.get_parsed_content("train#datalist")
     val = parser.get_parsed_content("validate#datalist")
     assert len(train) == n
@@ -57,8 +58,36 @@ def test_train_volumes_selects_datalist(n, tmp_path):
     assert all(p.startswith("imagesTs/") for p in content["test"])
 
 
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_a_relocated_bundle_reads_its_own_datalists(config, tmp_path, monkeypatch):
+    """The bundle copied elsewhere (as `monai.bundle download` or an unzip puts it) and run from a third folder with
+    another bundle_root: `datalist_dir` is the copy's own configs/datalists (`workflow.config_dir()`), not a path
+    of this repository."""
+    import shutil
+
+    from monai.bundle import ConfigWorkflow
+
+    copy = tmp_path / "zoo" / "unetr_btcv"
+    shutil.copytree(CONFIGS.parent, copy)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    wf = ConfigWorkflow(config_file=str(copy / "configs" / config), workflow_type=None, run_id="datalist_file",
+                        init_id="datalist_dir", bundle_root=str(tmp_path / "out"), dataset_dir=str(tmp_path))
+    wf.initialize()
+    (path,) = map(Path, wf.run())  # evaluated by the workflow, as `python -m monai.bundle run` does
+    assert path.parent == (copy / "configs" / "datalists").resolve() and path.is_file()
+    assert path.read_text() == (SHIPPED / path.name).read_text()
+
+
+def test_config_dir_outside_a_workflow_names_the_fix():
+    from monai_ssl_ext.workflow import config_dir
+
+    with pytest.raises(RuntimeError, match="datalist_dir"):
+        config_dir()
+
+
 def test_invalid_train_volumes_fails(tmp_path):
-    parser = _parser(["train.json"], {"bundle_root": str(ROOT), "dataset_dir": str(tmp_path), "train_volumes": 7})
+    parser = _parser(["train.json"], {"dataset_dir": str(tmp_path), "train_volumes": 7, "datalist_dir": str(SHIPPED)})
     with pytest.raises(Exception):
         parser.get_parsed_content("datalist_file")
 
