@@ -12,3 +12,4 @@ from .encoders import load_encoder  # noqa: E402
 from . import metrics  # noqa: E402
 from . import overrides  # noqa: E402
 from . import gie  # noqa: E402
+from . import workflow  # noqa: E402
