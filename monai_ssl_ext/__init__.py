@@ -13,3 +13,4 @@ from . import metrics  # noqa: E402
 from . import overrides  # noqa: E402
 from . import gie  # noqa: E402
 from . import workflow  # noqa: E402
+from . import preview  # noqa: E402
