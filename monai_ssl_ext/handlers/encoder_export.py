@@ -10,6 +10,7 @@ from ..distributed import get_rank
 from ..encoders import check_intensity_window, check_normalization, export_encoder
 from ..io import check_writable, remove_stale_temps
 from ..networks.backbones import Backbone
+from .tracking import mlflow_run_id
 
 __all__ = ["EncoderExport"]
 
@@ -22,6 +23,9 @@ class EncoderExport:
     When the run starts (before the first iteration) rank 0 removes the ``<path>.tmp<pid>`` files
     of killed writers and checks that ``path`` can be written, so that a read-only folder fails
     then, naming it, and not after training.
+
+    With MLflow tracking on, the header records the run's id (``mlflow_run_id``): a finetuning run
+    that loads the file tags itself with it (``pretraining_run_id``, :class:`TrackParams`).
 
     Args:
         backbone: the trunk to export (for EMA methods: the target network's backbone).
@@ -75,6 +79,7 @@ class EncoderExport:
             intensity_window=self.intensity_window or None,
             epoch=engine.state.epoch,
             iteration=engine.state.iteration,
+            **({"mlflow_run_id": run_id} if (run_id := mlflow_run_id(engine)) else {}),
         )
         self._written = (engine.state.epoch, engine.state.iteration)
         self.logger.info(f"exported {self.backbone.arch} encoder (epoch {engine.state.epoch}) to {self.path}")

@@ -1,19 +1,27 @@
 """Log a run's parameters (hyperparameters, encoder header) to the MLflow run that MONAI's
-``--tracking mlflow`` opens."""
+``--tracking mlflow`` opens, name that run after the bundle and its key settings
+(:func:`run_name`), and link a finetuning run to the pretraining run that exported its encoder
+(the encoder header's ``mlflow_run_id``, written by :class:`EncoderExport` from
+:func:`mlflow_run_id`, becomes the tag ``pretraining_run_id``)."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from ignite.engine import Engine, Events
 
-__all__ = ["TrackParams", "config_params", "flatten_params"]
+__all__ = ["TrackParams", "config_params", "flatten_params", "mlflow_run_id", "run_name"]
 
 # root ids that are not run parameters: the workflow's own lists and the test harness's keys
 NOT_PARAMS = {"imports", "initialize", "run", "finalize", "demo_data", "smoke_outputs"}
 MAX_ITEMS = 16  # a list / dict longer than this is data, not a parameter
 MLFLOW_BATCH = 100  # MLflow's limit of params per log_batch call
+#: root ids that name a run, in this order, where the config has them and they are not null
+RUN_NAME_IDS = ("backbone", "pretrained_encoder", "init_weights", "seed")
+#: the tag of a finetuning run that names the MLflow run which exported its encoder
+LINEAGE_TAG = "pretraining_run_id"
 _SCALARS = (int, float, str, bool, type(None))
 
 
@@ -133,6 +141,42 @@ def _mlflow_handlers(engine: Engine) -> list:
     return found
 
 
+def mlflow_run_id(engine: Engine) -> str | None:
+    """The id of the MLflow run the engine's ``MLFlowHandler`` records into (None without tracking,
+    or before the run started)."""
+    for handler in _mlflow_handlers(engine):
+        if handler.cur_run is not None:
+            return handler.cur_run.info.run_id
+    return None
+
+
+def _short(value) -> str:
+    """A setting as a run-name word: an exported encoder by the run folder it came from
+    (``runs/byol_acdc/models/encoder.pt`` -> ``byol_acdc``), another path by its file name."""
+    text = str(value)
+    path = Path(text)
+    if text.endswith(".pt") and path.parent.name == "models" and path.parent.parent.name:
+        return path.parent.parent.name
+    return path.name if os.sep in text and not text.startswith("timm/") else text
+
+
+def run_name(parser) -> str:
+    """``<experiment_name> <id>=<value> ...`` for the :data:`RUN_NAME_IDS` the config sets (and the
+    label budget id its metadata declares), e.g. ``unet_acdc backbone=timm/resnet50
+    pretrained_encoder=byol_acdc subset_ratio=0.01 seed=13``."""
+    ids = list(RUN_NAME_IDS)
+    budget = (parser.get("_meta_", {}) or {}).get("label_budget", {}) or {}
+    if budget.get("id"):
+        ids.insert(-1, budget["id"])
+    words = [str(parser.get_parsed_content("experiment_name")) if "experiment_name" in parser else "run"]
+    for key in ids:
+        if key in parser:
+            value = parser.get_parsed_content(key)
+            if value is not None:
+                words.append(f"{key}={_short(value)}")
+    return " ".join(words)[:250]
+
+
 class TrackParams:
     """Hand the run's parameters and ``artifacts`` to the ``MLFlowHandler`` that MONAI's
     ``--tracking mlflow`` attaches to the same engine, through that handler's own arguments:
@@ -172,8 +216,14 @@ class TrackParams:
         if not handlers:
             return
         flat = self.all_params()
+        parser = self.parser if self.parser is not None else _running_parser()
+        parent = next((v for k, v in flat.items() if k.endswith(".mlflow_run_id")), None)
         for handler in handlers:
             handler.artifacts = tuple(a for a in handler.artifacts if a) + self.artifacts
+            if handler.cur_run is None and handler.run_name is None and parser is not None:
+                handler.run_name = run_name(parser)
+            if parent:  # lineage: the pretraining run whose encoder this run loaded
+                engine.add_event_handler(Events.STARTED, _tag_later(handler, LINEAGE_TAG, parent))
             if handler.cur_run is None:  # its start() (after this handler) logs one batch of them
                 given = dict(handler.experiment_param or {})
                 room = max(MLFLOW_BATCH - len(given), 0)
@@ -207,3 +257,15 @@ def _log_later(handler, flat: dict[str, str]):
             _log_params(handler, flat)
 
     return log
+
+
+def _tag_later(handler, key: str, value: str):
+    """Set a tag on the handler's run once it exists (its start() may run after this handler)."""
+    done = []
+
+    def tag(engine: Engine) -> None:
+        if not done and handler.cur_run is not None:
+            done.append(True)
+            handler.client.set_tag(handler.cur_run.info.run_id, key, value)
+
+    return tag

@@ -65,3 +65,28 @@ def test_config_params_derives_scalar_ids(tmp_path):
     flat = handler.all_params()
     assert flat["extra"] == "3" and flat["epochs"] == "3" and flat["normalization.std"] == "[0.25]"
     assert "net" not in flat and "handler" not in flat and "long" not in flat
+
+
+def test_run_names_and_pretrain_to_finetune_lineage(demo_data, tmp_path):
+    """simclr_cholec pretrains with tracking: its run is named after the bundle and settings and its encoder.pt
+    header carries the run's id; flexibleunet_tools finetuned from that file is tagged with that id and names the
+    encoder's bundle in its own run name."""
+    from mlflow.tracking import MlflowClient
+
+    from monai_ssl_ext.encoders import read_encoder
+
+    pre = run_config(ROOT / "bundles" / "simclr_cholec", ["train.json"], str(tmp_path), demo_data("cholec"),
+                     tracking="mlflow", backbone="efficientnet-b0")
+    client = MlflowClient(tracking_uri=pre["parser"].get_parsed_content("tracking_uri"))
+    (pre_run,) = client.search_runs([client.get_experiment_by_name("simclr_cholec").experiment_id])
+    assert pre_run.info.run_name == "simclr_cholec backbone=efficientnet-b0 seed=42"
+    encoder = Path(pre["output_dir"]) / "models" / "encoder.pt"
+    assert read_encoder(str(encoder))["mlflow_run_id"] == pre_run.info.run_id
+
+    fine = run_config(ROOT / "bundles" / "flexibleunet_tools", ["train.json"], str(tmp_path), demo_data("tools"),
+                      tracking="mlflow", pretrained_encoder=str(encoder))
+    (run,) = client.search_runs([client.get_experiment_by_name("flexibleunet_tools").experiment_id])
+    assert run.data.tags["pretraining_run_id"] == pre_run.info.run_id
+    assert run.data.params["encoder.mlflow_run_id"] == pre_run.info.run_id
+    assert run.info.run_name.startswith("flexibleunet_tools backbone=efficientnet-b0 pretrained_encoder=simclr_cholec")
+    assert fine["losses"]
