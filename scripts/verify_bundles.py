@@ -96,6 +96,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "knn_interval": ("int", "epochs between online kNN evaluations of the trunk (KNNMonitor; 0: off)"),
     "knn_datalist": ("str|null", "labelled items of the kNN monitor: path,label CSV, JSON datalist, or a list ($); null: off"),
     "knn_transform": ("component", "MONAI transform loading a kNN item as the trunk's input (load, resize, normalise)"),
+    "progress_bar": ("bool", "an ignite/tqdm progress bar (epoch, iteration, loss, time left) instead of per-iteration log lines"),
     "frozen": ("bool", "finetuning: keep the pretrained encoder fixed (no gradient, eval-mode batch norm); only the head trains"),
 }
 # forbidden root ids -> the glossary id to use

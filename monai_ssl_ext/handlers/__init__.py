@@ -3,6 +3,7 @@ from .ema import EMATargetUpdate, cosine_momentum
 from .encoder_export import EncoderExport
 from .nan_guard import NaNGuard, NonFiniteLossError
 from .tracking import TrackParams, flatten_params
+from .progress import RunProgress
 from .embeddings import EmbeddingWriter
 from .overlay import OverlayWriter, require_checkpoint
 from .grad_clip import GradientClip

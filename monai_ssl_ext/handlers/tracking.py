@@ -128,15 +128,26 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def attached(engine: Engine, cls) -> list[tuple]:
+    """``(event, bound method, handler)`` for every method of a ``cls`` instance registered on
+    ``engine``. Ignite has no public listing of an engine's handlers: this is the one place that
+    reads ``Engine._event_handlers``."""
+    found = []
+    for event, entries in list(engine._event_handlers.items()):
+        for fn, *_ in entries:
+            handler = getattr(fn, "__self__", None)
+            if isinstance(handler, cls):
+                found.append((event, fn, handler))
+    return found
+
+
 def _mlflow_handlers(engine: Engine) -> list:
-    """The MONAI ``MLFlowHandler`` instances attached to ``engine``. Ignite has no public listing
-    of an engine's handlers: this is the one place that reads ``Engine._event_handlers``."""
+    """The MONAI ``MLFlowHandler`` instances attached to ``engine`` (at STARTED)."""
     from monai.handlers import MLFlowHandler
 
     found = []
-    for fn, *_ in engine._event_handlers.get(Events.STARTED, []):
-        handler = getattr(fn, "__self__", None)
-        if isinstance(handler, MLFlowHandler) and handler not in found:
+    for event, _, handler in attached(engine, MLFlowHandler):
+        if event == Events.STARTED and handler not in found:
             found.append(handler)
     return found
 

@@ -110,3 +110,12 @@ def test_initialize_checks_the_command_line(bundle):
     for name, config in _configs(bundle).items():
         if "initialize" in config:
             assert config["initialize"][0] == "$monai_ssl_ext.overrides.check_cli_overrides()", f"{bundle.name}/{name}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_progress_bar_is_one_shared_id(bundle):
+    """Every train.json has the opt-in `progress_bar` (default off) driving a RunProgress on its trainer."""
+    train = _configs(bundle)["train.json"]
+    assert train.get("progress_bar") is False, f"{bundle.name}: no `progress_bar`: false"
+    bars = [c for _, c in _components(train) if c["_target_"] == "RunProgress"]
+    assert [c.get("enabled") for c in bars] == ["@progress_bar"], f"{bundle.name}: {bars}"
