@@ -633,6 +633,7 @@ def load_encoder(
     target_arch_params: dict | None = None,
     trunk: str | None = None,
     expected_intensity_window: dict | None = None,
+    source: str | None = None,
 ) -> LoadReport | None:
     """Load a weight spec into a downstream trunk (e.g. ``FlexibleUNet.encoder`` or a
     :class:`~monai_ssl_ext.networks.backbones.Backbone`); returns and logs a :class:`LoadReport`.
@@ -656,9 +657,10 @@ def load_encoder(
             lists them).
         expected_intensity_window: the finetuning pipeline's CT window (``intensity_window``); a
             difference from the header's is logged as a warning (and recorded in the report).
+        source: the file an already-read payload came from, named in errors and the report.
     """
     if isinstance(spec, dict):
-        source = "<payload>"
+        source = source or "<payload>"
         payload = select_trunk(spec, trunk, source)
     else:
         resolved = resolve_weight_spec(spec, trunk)
@@ -788,7 +790,6 @@ def pretrained_backbone(
     backbone = build_backbone(arch, spatial_dims=spatial_dims, in_channels=in_channels, **params)
     if resolved is not None:
         source, payload = resolved
-        report = load_encoder(backbone, payload, convert_channels=True)
-        report.source = source
+        report = load_encoder(backbone, payload, convert_channels=True, source=source)
         backbone.load_report = report
     return backbone

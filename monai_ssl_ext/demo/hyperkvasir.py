@@ -11,6 +11,8 @@ writes both layouts, with JPEG file names that are random UUIDs like the real on
     O/knn.csv                                     header "path,label": the anatomical-landmarks
                                                   images, label = class name (kNN monitor list)
     O/unlabeled.csv                               header "path,label": the unlabelled images, label -1
+    O/<class_set>_split.json                      the frozen 80/10/10 classification splits of both class sets
+                                                  (monai_ssl_ext.gie.prepare_hyperkvasir)
 
 Paths in the CSVs are relative to ``O``. The classes are the release's own (:data:`HYPERKVASIR_CLASSES`): 6
 anatomical landmarks (cecum, ileum, retroflex-rectum; pylorus, retroflex-stomach, z-line) and 12 pathological
@@ -170,5 +172,8 @@ def hyperkvasir(
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "label"])
             writer.writerows(rows)
+    from ..gie import HYPERKVASIR_CLASS_SETS, prepare_hyperkvasir  # the frozen classification splits, as for real data
+
+    splits = {c: prepare_hyperkvasir(str(out), class_set=c, overwrite=True) for c in HYPERKVASIR_CLASS_SETS}
     return {"unlabeled": len(unlabeled), "labeled": counts, "knn_csv": str(out / "knn.csv"),
-            "unlabeled_csv": str(out / "unlabeled.csv")}
+            "unlabeled_csv": str(out / "unlabeled.csv"), "splits": splits}

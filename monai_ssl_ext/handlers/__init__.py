@@ -11,3 +11,5 @@ from .ssl_state import FeatureQueue, KMeansState, MemoryBank
 from .evaluation import BestCheckpointLoader, ClassificationReport, stack_from_engine
 from .run_signature import RunSignature
 from .knn_monitor import KNNMonitor
+from .classification import ClassPredictionWriter, ConfusionMatrixWriter, key_metric_value
+from .depth import DepthMapWriter

@@ -133,7 +133,7 @@ def attached(engine: Engine, cls) -> list[tuple]:
     ``engine``. Ignite has no public listing of an engine's handlers: this is the one place that
     reads ``Engine._event_handlers``."""
     found = []
-    for event, entries in list(engine._event_handlers.items()):
+    for event, entries in list(getattr(engine, "_event_handlers", {}).items()):  # none on a stand-in engine
         for fn, *_ in entries:
             handler = getattr(fn, "__self__", None)
             if isinstance(handler, cls):

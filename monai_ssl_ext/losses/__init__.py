@@ -7,3 +7,4 @@ from .barlow_twins import BarlowTwinsCrossCorrelationLoss
 from .mocov3 import MoCoV3Loss
 from .recon_contrastive import ReconContrastiveLoss, ReconL1Loss
 from .jaccard import MaskedJaccardLoss
+from .depth import ScaleShiftInvariantLoss

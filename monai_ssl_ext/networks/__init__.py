@@ -14,3 +14,8 @@ from ..handlers.run_signature import RunSignature
 from .vitae import ViTAutoEncoderSSL
 from .mae import MAE, patchify, unpatchify
 from .unet import BackboneUNet
+from .depth import BackboneDepthNet, DPTDepthHead
+from .classification import BackboneClassifier, class_weights
+from .detection import ResNetFPNFasterRCNN, ViTDetFasterRCNN, resnet_fpn_backbone
+from .deeplabv3plus import DeepLabV3Plus, dilate_last_stage
+from .dpt import DPTDecoder, DPTSegmentationHead, ViTDPT, vit_token_maps

@@ -8,6 +8,8 @@ recipe (frozen trunk + ``nn.Linear``) and the input normalisation to finetune a 
   running statistics are not updated.
 * :func:`encoder_normalization` -- the input normalisation to finetune with: the one recorded in
   the encoder header (what pretraining used), else the config's.
+* :class:`FinetuneNet` -- what every finetuning network with the glossary's ``frozen`` shares (the
+  SSL4GIE classification, segmentation, detection and depth networks).
 
 The probe bundle's other pieces live where they belong and are re-exported from
 :mod:`monai_ssl_ext.networks` under their old names (configs use
@@ -27,9 +29,33 @@ from torch import nn
 
 from .backbones import Backbone
 
-__all__ = ["LinearProbe", "encoder_normalization"]
+__all__ = ["FinetuneNet", "LinearProbe", "encoder_normalization"]
 
 logger = logging.getLogger("monai_ssl_ext.downstream")
+
+
+class FinetuneNet(nn.Module):
+    """Base of the finetuning networks around a pretrained trunk (:attr:`encoder`, by default ``self.backbone``)
+    with the glossary's ``frozen``: a subclass sets ``self.frozen`` (and turns the encoder's ``requires_grad``
+    off when it is true); a frozen encoder then stays in eval mode when the network is put in training mode (its
+    batch-norm statistics do not move), and the optimizer gets :meth:`trainable_parameters`."""
+
+    frozen: bool = False
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The trunk the pretrained encoder loads into."""
+        return self.backbone
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train (all but the encoder's when ``frozen``)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
 
 class LinearProbe(nn.Module):

@@ -794,3 +794,42 @@ register_family(TrunkFamily(
     names="'timm/tf_efficientnet_b<N>' (loads into MONAI efficientnet-b<N>)",
     priority=1,
 ))
+
+
+# ---- torchvision detection bodies ------------------------------------------------------------
+# A downstream-only family: the ResNet body of torchvision's detection backbones
+# (``BackboneWithFPN.body``, an ``IntermediateLayerGetter`` over conv1 / bn1 / relu / maxpool / layer1-4, as in
+# ``fasterrcnn_resnet50_fpn``; see :mod:`.detection`). No encoder is exported under it (no arch name matches);
+# timm ResNets (``timm/resnet50``) load into it key for key (no map: same tensor names, no ``fc``), torchvision
+# state dicts through ``_map_torchvision``. Its ``layer4`` output is the trunk's final feature map.
+
+def _is_torchvision_resnet_body(module: nn.Module) -> bool:
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    return isinstance(module, IntermediateLayerGetter) and all(hasattr(module, n) for n in ("conv1", "bn1", "layer4"))
+
+
+def _build_torchvision_resnet_body(arch: str, spatial_dims: int, in_channels: int) -> nn.Module:
+    from .detection import resnet_fpn_backbone
+
+    return resnet_fpn_backbone(arch.rpartition("/")[2]).body
+
+
+def _torchvision_body_feature_maps(trunk: nn.Module, x: torch.Tensor) -> list:
+    return list(trunk(x).values())
+
+
+register_family(TrunkFamily(
+    name="torchvision-resnet-body",
+    matches_arch=lambda arch: False,
+    matches_module=_is_torchvision_resnet_body,
+    build=_build_torchvision_resnet_body,
+    pool=lambda trunk, x: _torchvision_body_feature_maps(trunk, x)[-1].mean(dim=(2, 3)),
+    feature_maps=_torchvision_body_feature_maps,
+    feature_dim=_monai_resnet_feature_dim,
+    first_conv="conv1.weight",
+    spatial_dims=(2,),
+    maps_from={TORCHVISION: _map_torchvision},
+    signature=lambda m: {**conv_signature(m), **_resnet_fields(m.conv1, not isinstance(m.maxpool, nn.Identity), m.relu)},
+    names="torchvision detection ResNet bodies (downstream only: BackboneWithFPN.body)",
+))

@@ -9,3 +9,5 @@ from .spatial import RandResizedCropd
 from .intensity import RandBrightnessContrast, RandBrightnessContrastd, adjust_brightness_contrast
 from .augment3d import AsymmetricVolumeAugment, VolumeViewAugment
 from .volumes import LoadVolumed, volume_items
+from .polyp import BinaryMaskd, ColorJitterBlurd, RandPairedAffined, ResizeToMatchd
+from .depth import DepthFormatError, LoadDepthd, SquareResized, read_depth16

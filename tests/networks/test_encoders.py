@@ -481,3 +481,15 @@ def test_format1_file_still_loads(tmp_path):
     with pytest.raises(EncoderLoadError, match=r"no trunk 'slice_encoder'; its trunks: \['encoder'\]"):
         load_encoder(net.encoder, str(path), trunk="slice_encoder")
     assert pretrained_backbone(arch=None, weights=str(path)).load_report.ok
+
+
+def test_pretrained_backbone_names_the_file_of_a_mismatched_encoder(tmp_path):
+    """pretrained_backbone reads the file once and hands the payload on: the refusal still names the file."""
+    from monai_ssl_ext.encoders import EncoderLoadError, export_encoder, pretrained_backbone
+    from monai_ssl_ext.networks import build_backbone
+
+    path = tmp_path / "runs" / "encoder.pt"
+    path.parent.mkdir()
+    export_encoder(build_backbone("timm/resnet18"), str(path), method="test")
+    with pytest.raises(EncoderLoadError, match=str(path)):
+        pretrained_backbone("timm/resnet34", weights=str(path))
