@@ -184,7 +184,8 @@ def test_multi_gpu_configs_one_torchrun(demo_data, tmp_path):
 
 
 # which way each key metric improves, from what it measures (not from the configs)
-METRIC_DIRECTION = {"loss": "lower", "l1": "lower", "iou": "higher", "dice": "higher", "acc": "higher", "f1": "higher"}
+METRIC_DIRECTION = {"loss": "lower", "l1": "lower", "iou": "higher", "dice": "higher", "acc": "higher", "f1": "higher",
+                    "map": "higher"}
 
 
 def _direction(metric: str) -> str:

@@ -40,6 +40,8 @@ def test_network_data_format_matches_the_config(bundle):
     """The declared input size is the published config's, axis for axis (2D: [H, W] rows first)."""
     from monai.bundle import ConfigParser
 
+    if "skip" in _meta(bundle).get("torchscript", {}):
+        pytest.skip(f"{bundle.name}: {_meta(bundle)['torchscript']['skip']}")
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
     fmt = _meta(bundle)["network_data_format"]
@@ -48,15 +50,19 @@ def test_network_data_format_matches_the_config(bundle):
 
 
 @pytest.mark.parametrize("bundle", FINETUNING, ids=[b.name for b in FINETUNING])
-def test_ckpt_export_matches_eager_and_verify_net_in_out(bundle, tmp_path):
+def test_ckpt_export_matches_eager_and_verify_net_in_out(bundle, tmp_path, demo_data):
     from monai.bundle import ConfigParser
+
+    from monai_ssl_ext.workflow import smoke_settings
 
     setting = _meta(bundle).get("torchscript", {})
     if "skip" in setting:
         pytest.skip(f"{bundle.name} cannot export to TorchScript: {setting['skip']}")
     configs = [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "smoke.json")]
+    data = {"dataset_dir": demo_data(smoke_settings(bundle, ["train.json"])["demo_data"])}  # e.g. classes from data
     parser = ConfigParser()
     parser.read_config(configs)
+    parser.update(data)
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def").eval()
     ckpt = tmp_path / "model.pt"
@@ -64,7 +70,7 @@ def test_ckpt_export_matches_eager_and_verify_net_in_out(bundle, tmp_path):
     shape = [1, parser.get_parsed_content("in_channels"), *_spatial(parser)]
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
            "--ckpt_file", str(ckpt), "--meta_file", str(bundle / "configs" / "metadata.json"),
-           "--config_file", json.dumps(configs)]
+           "--config_file", json.dumps(configs), "--dataset_dir", data["dataset_dir"]]
     if setting.get("use_trace"):
         cmd += ["--use_trace", "True", "--input_shape", json.dumps(shape)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
@@ -80,4 +86,4 @@ def test_ckpt_export_matches_eager_and_verify_net_in_out(bundle, tmp_path):
     if _meta(bundle)["network_data_format"]["outputs"]["pred"].get("type") == "image":  # a map the input's size
         sizes["_meta_#network_data_format#outputs#pred#spatial_shape"] = _spatial(parser)
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"), config_file=configs,
-                      **sizes)
+                      **sizes, **data)

@@ -81,7 +81,8 @@ def test_unetr_train_volumes_lists_allowed_values(tmp_path):
     from conftest import read_bundle_config
 
     parser = read_bundle_config(ROOT / "bundles" / "unetr_btcv" / "configs", ["train.json"],
-                                {"bundle_root": str(ROOT), "train_volumes": 7})
+                                {"datalist_dir": str(ROOT / "bundles" / "unetr_btcv" / "configs" / "datalists"),
+                                 "train_volumes": 7})
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("datalist_file")
     text = repr(info.value) + repr(info.value.__cause__)
