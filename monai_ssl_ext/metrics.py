@@ -101,6 +101,20 @@ def segmentation_confusion_matrix(y_pred, y) -> torch.Tensor:
     return torch.einsum("btn,bpn->tp", t, p)
 
 
+def _tp_fp_fn(y_pred, y, include_background: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-item, per-channel ``TP = sum(p * y)``, ``FP = sum(p) - TP``, ``FN = sum(y) - TP`` (float64, ``(B, C')``)
+    of binary / one-hot ``(B, C, *spatial)`` inputs (lists of ``(C, *spatial)`` items of one size allowed)."""
+    y_pred, y = _batched(y_pred), _batched(y)
+    _check_pair(y_pred, y)
+    if not include_background:
+        y_pred, y = y_pred[:, 1:], y[:, 1:]
+    b, c = y.shape[:2]
+    p = y_pred.reshape(b, c, -1).to(torch.float64)
+    t = y.reshape(b, c, -1).to(torch.float64)
+    tp = (p * t).sum(-1)
+    return tp, p.sum(-1) - tp, t.sum(-1) - tp
+
+
 def _ratio(kind: str, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, absent_score):
     num = tp if kind == "iou" else 2 * tp
     den = num + fp + fn
@@ -141,19 +155,10 @@ def per_item_scores(
     (MONAI's / source A's default, which hides false positives; only for comparison)."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
-    y_pred, y = _batched(y_pred), _batched(y)
-    _check_pair(y_pred, y)
-    if not include_background:
-        y_pred, y = y_pred[:, 1:], y[:, 1:]
-    b, c = y.shape[:2]
-    p = y_pred.reshape(b, c, -1).to(torch.float64)
-    t = y.reshape(b, c, -1).to(torch.float64)
-    tp = (p * t).sum(-1)
-    fp = p.sum(-1) - tp
-    fn = t.sum(-1) - tp
+    tp, fp, fn = _tp_fp_fn(y_pred, y, include_background)
     out = _ratio(kind, tp, fp, fn, absent_score)
     if ignore_empty:
-        out = torch.where(t.sum(-1) > 0, out, torch.full_like(out, float("nan")))
+        out = torch.where(tp + fn > 0, out, torch.full_like(out, float("nan")))
     return out
 
 
@@ -656,15 +661,8 @@ def binary_ratio_scores(y_pred, y, kind: str, include_background: bool = True, a
     of ``(C, *spatial)`` items of one size allowed); an empty denominator scores ``absent_score``."""
     if kind not in ("precision", "recall"):
         raise ValueError(f"kind must be 'precision' or 'recall', got {kind!r}.")
-    y_pred, y = _batched(y_pred), _batched(y)
-    _check_pair(y_pred, y)
-    if not include_background:
-        y_pred, y = y_pred[:, 1:], y[:, 1:]
-    b, c = y.shape[:2]
-    p = y_pred.reshape(b, c, -1).to(torch.float64)
-    t = y.reshape(b, c, -1).to(torch.float64)
-    tp = (p * t).sum(-1)
-    den = p.sum(-1) if kind == "precision" else t.sum(-1)
+    tp, fp, fn = _tp_fp_fn(y_pred, y, include_background)
+    den = tp + fp if kind == "precision" else tp + fn
     return torch.where(den > 0, tp / den.clamp_min(1e-300), torch.full_like(den, float(absent_score)))
 
 
