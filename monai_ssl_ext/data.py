@@ -41,7 +41,9 @@ __all__ = [
     "probe_datalist",
     "read_frame_csv",
     "read_image_list",
+    "read_slice_folders",
     "split_80_10_10",
+    "with_index",
     "subset_size",
     "subset_with_oversampling",
 ]
@@ -547,6 +549,18 @@ def _acdc_group(info_cfg: Path) -> str | None:
     return None
 
 
+
+def with_index(datalist: Sequence[dict], key: str = "index") -> list[dict]:
+    """Copies of the items with their position in ``datalist`` under ``key`` (0, 1, ...), the dataset index that
+    per-item SSL state is written by (DeepCluster-v2's memory bank: ``SSLTrainer(extra_keys=["index"])``).
+    An item that already has ``key`` is an error (naming the item), not silently renumbered."""
+    out = []
+    for i, item in enumerate(datalist):
+        if key in item:
+            raise ValueError(f"with_index: item {i} ({item.get('image', item)!r}) already has a {key!r} entry")
+        out.append({**item, key: i})
+    return out
+
 def acdc_group_items(slice_index: str | os.PathLike, list_key: str = "training",
                      base_dir: str | os.PathLike | None = None) -> list[dict]:
     """The slices of one list of an ACDC slice index (``scripts/prepare_acdc.py``'s
@@ -568,4 +582,45 @@ def acdc_group_items(slice_index: str | os.PathLike, list_key: str = "training",
             groups[folder] = _acdc_group(Path(folder) / "Info.cfg")
         kept = {k: item[k] for k in ("image", "slice", "frame", "patient") if k in item}
         out.append({**kept, "label": groups[folder]})
+    return out
+
+
+#: Picture file types of the mixed 2D SSL slice layout (:func:`read_slice_folders`).
+SLICE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_slice_folders(root: str | os.PathLike, split: str = "train") -> list[dict[str, Any]]:
+    """The slices of one split of the mixed 2D SSL layout ``<root>/<split>/<Dataset>/*.png|jpg|jpeg``
+    (the joint 2D-3D SSL source's ``training_data_2D``, written by
+    :func:`monai_ssl_ext.mmwhs.write_slice_folders` / ``scripts/prepare_ssl_slices.py``):
+    ``[{"image": <absolute path>, "dataset": <Dataset folder name>}, ...]`` sorted by dataset, then
+    file name. Only the dataset folders directly under the split are read (not recursive); hidden
+    files and other file types are skipped.
+
+    Raises:
+        ValueError: ``<root>/<split>`` is not a folder, or it holds no pictures in dataset folders
+            (each names the folder).
+    """
+    split_dir = Path(os.path.expanduser(str(root))) / str(split)
+    if not split_dir.is_dir():
+        raise ValueError(
+            f"slice folder {str(split_dir)!r} does not exist (expected <root>/{split}/<Dataset>/*.png, "
+            "e.g. written by scripts/prepare_ssl_slices.py)."
+        )
+    out: list[dict[str, Any]] = []
+    with os.scandir(split_dir) as it:
+        datasets = sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    for ds in datasets:
+        with os.scandir(ds.path) as it:
+            names = sorted(
+                e.name for e in it
+                if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in SLICE_SUFFIXES
+            )
+        folder = os.path.abspath(ds.path)
+        out.extend({"image": os.path.join(folder, n), "dataset": ds.name} for n in names)
+    if not out:
+        raise ValueError(
+            f"slice folder {str(split_dir)!r} holds no pictures ({'/'.join(SLICE_SUFFIXES)}) in dataset "
+            f"sub-folders (expected {str(split_dir)}/<Dataset>/*.png)."
+        )
     return out

@@ -41,14 +41,18 @@ __all__ = [
 
 
 class PrepareViews(PrepareBatch):
-    """``prepare_batch`` for SSL: ``(views[0], None, tuple(views[1:]), {})``, the views being
+    """``prepare_batch`` for SSL: ``(views[0], None, tuple(views[1:]), extras)``, the views being
     ``batch[k] for k in view_keys`` as plain tensors on ``device`` (MetaTensor dispatch makes every
-    network op an order of magnitude slower, and SSL needs no metadata)."""
+    network op an order of magnitude slower, and SSL needs no metadata), ``extras`` the keyword
+    arguments ``{k: batch[k] for k in extra_keys}`` (e.g. DeepCluster-v2's dataset ``index``), so the
+    network is called as ``network(*views, **extras)``."""
 
-    def __init__(self, view_keys: Sequence[str]):
+    def __init__(self, view_keys: Sequence[str], extra_keys: Sequence[str] = ()):
         if isinstance(view_keys, str) or not view_keys:
             raise ValueError(f"view_keys must be a non-empty list of batch keys, got {view_keys!r}")
-        self.view_keys = list(view_keys)
+        if isinstance(extra_keys, str):
+            raise ValueError(f"extra_keys must be a list of batch keys, got {extra_keys!r}")
+        self.view_keys, self.extra_keys = list(view_keys), list(extra_keys)
 
     def views(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs) -> list[torch.Tensor]:
         if not isinstance(batchdata, dict):
@@ -65,7 +69,12 @@ class PrepareViews(PrepareBatch):
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
         views = self.views(batchdata, device, non_blocking, **kwargs)
-        return views[0], None, tuple(views[1:]), {}
+        missing = [k for k in self.extra_keys if k not in batchdata]
+        if missing:
+            raise KeyError(f"batch has no {missing} (extra_keys); keys are {sorted(batchdata)}")
+        extras = {k: convert_to_tensor(batchdata[k], track_meta=False).to(device=device, non_blocking=non_blocking)
+                  for k in self.extra_keys}
+        return views[0], None, tuple(views[1:]), extras
 
 
 class SSLLoss:
@@ -114,6 +123,7 @@ class SSLTrainer(SupervisedTrainer):
 
     Args:
         view_keys: batch keys of the views (``MultiViewd`` names them ``image``, ``image_2``, …).
+        extra_keys: batch keys passed to the network as keyword arguments (e.g. ``["index"]``).
         All other arguments are those of ``SupervisedTrainer`` and behave as there, e.g.
         ``accumulation_steps`` (the loss is divided by it for the backward pass, the optimizer steps
         every ``accumulation_steps`` iterations and at the end of each epoch;
@@ -134,6 +144,7 @@ class SSLTrainer(SupervisedTrainer):
         loss_function: Callable,
         *args,
         view_keys: Sequence[str] = ("image", "image_2"),
+        extra_keys: Sequence[str] = (),
         prepare_batch: Callable | None = None,
         inferer: Inferer | None = None,
         **kwargs,
@@ -147,7 +158,7 @@ class SSLTrainer(SupervisedTrainer):
             optimizer,
             _ssl_loss(loss_function),
             *args,
-            prepare_batch=PrepareViews(self.view_keys) if prepare_batch is None else prepare_batch,
+            prepare_batch=PrepareViews(self.view_keys, extra_keys) if prepare_batch is None else prepare_batch,
             inferer=inferer,
             **kwargs,
         )

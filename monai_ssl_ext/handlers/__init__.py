@@ -13,3 +13,4 @@ from .run_signature import RunSignature
 from .knn_monitor import KNNMonitor
 from .classification import ClassPredictionWriter, ConfusionMatrixWriter, key_metric_value
 from .depth import DepthMapWriter
+from .clustering import ClusterMemory, FreezePrototypes, QueueStart

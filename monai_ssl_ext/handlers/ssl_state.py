@@ -24,8 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from ..distributed import get_rank, get_world_size
 
 __all__ = ["FeatureQueue", "MemoryBank", "KMeansState"]
 
@@ -194,22 +197,29 @@ class KMeansState(nn.Module):
     rows; then ``n_iters`` times an E-step (assignment = argmax of the dot product) and an M-step (mean of each
     non-empty cluster, empty ones keep their centroid, all L2-normalised); a last E-step gives the assignments.
     Features are expected L2-normalised. The draws come from ``generator`` (default torch's global one, which
-    :class:`~monai_ssl_ext.handlers.RNGState` saves). Across processes the official code all-reduces the M-step's
-    sums and counts and broadcasts the initial centroids; this class does not: give it the gathered memory.
+    :class:`~monai_ssl_ext.handlers.RNGState` saves).
+
+    Across processes (an initialised process group of ``W > 1`` ranks, ``distributed=True``) every rank holds the
+    same (gathered) features, as :class:`MemoryBank` does; rank ``r`` runs the E-step on rows ``r, r + W, ...``,
+    the M-step's per-cluster sums and counts are all-reduced (as the official code), the initial centroids are
+    rank 0's draw, broadcast, and the assignments are put together on every rank: the result is one process's
+    clustering of all rows (up to the float summation order).
 
     Args:
         n_clusters: clusters per head, e.g. ``[3000, 3000, 3000]`` (one int: one head).
         dim: feature size.
         n_iters: k-means iterations (DeepCluster-v2: 10).
+        distributed: share the clustering over the ranks of an initialised process group (see above).
     """
 
-    def __init__(self, n_clusters: int | Sequence[int], dim: int, n_iters: int = 10):
+    def __init__(self, n_clusters: int | Sequence[int], dim: int, n_iters: int = 10, distributed: bool = True):
         super().__init__()
         ks = [int(n_clusters)] if isinstance(n_clusters, int) else [int(k) for k in n_clusters]
         if not ks or min(ks) < 1 or int(dim) < 1 or int(n_iters) < 0:
             raise ValueError(f"KMeansState: need n_clusters >= 1, dim >= 1, n_iters >= 0, got {n_clusters}, {dim}, "
                              f"{n_iters}")
         self.n_clusters, self.dim, self.n_iters = ks, int(dim), int(n_iters)
+        self.distributed = bool(distributed)
         for j, k in enumerate(ks):
             self.register_buffer(f"centroids_{j}", torch.zeros(k, self.dim))
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))
@@ -236,6 +246,8 @@ class KMeansState(nn.Module):
         per_head = [features] * heads if isinstance(features, torch.Tensor) else list(features)
         if len(per_head) != heads:
             raise ValueError(f"KMeansState.fit: {len(per_head)} feature sets for {heads} heads")
+        world = get_world_size() if self.distributed else 1
+        rank = get_rank() if world > 1 else 0
         out = []
         for j, (x, k, c_buf) in enumerate(zip(per_head, self.n_clusters, self.centroids)):
             x = _rows("KMeansState.fit", x, self.dim).float()
@@ -243,15 +255,26 @@ class KMeansState(nn.Module):
                 raise ValueError(f"KMeansState.fit: head {j} has {k} clusters but only {x.shape[0]} samples")
             start = torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)
             c = x[start].clone()
+            if world > 1:
+                dist.broadcast(c, 0)
+            local = x[rank::world]
             for n_iter in range(self.n_iters + 1):
-                assignment = (x @ c.T).argmax(dim=1)
+                assignment = (local @ c.T).argmax(dim=1)
                 if n_iter == self.n_iters:
                     break
-                sums = torch.zeros_like(c).index_add_(0, assignment, x)
-                counts = torch.bincount(assignment, minlength=k)
+                sums = torch.zeros_like(c).index_add_(0, assignment, local)
+                counts = torch.bincount(assignment, minlength=k).to(c)
+                if world > 1:
+                    dist.all_reduce(sums)
+                    dist.all_reduce(counts)
                 filled = counts > 0
-                c[filled] = sums[filled] / counts[filled].unsqueeze(1).to(c)
+                c[filled] = sums[filled] / counts[filled].unsqueeze(1)
                 c = F.normalize(c, dim=1)
+            if world > 1:  # every rank's rows' assignments, in row order
+                full = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                full[rank::world] = assignment
+                dist.all_reduce(full)
+                assignment = full
             c_buf.copy_(c)
             out.append(assignment)
         self.fits += 1

@@ -8,3 +8,5 @@ from .mocov3 import MoCoV3Loss
 from .recon_contrastive import ReconContrastiveLoss, ReconL1Loss
 from .jaccard import MaskedJaccardLoss
 from .depth import ScaleShiftInvariantLoss
+from .swav import SwAVLoss, sinkhorn
+from .deepcluster import DeepClusterV2Loss

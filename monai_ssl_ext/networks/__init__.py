@@ -19,3 +19,5 @@ from .classification import BackboneClassifier, class_weights
 from .detection import ResNetFPNFasterRCNN, ViTDetFasterRCNN, resnet_fpn_backbone
 from .deeplabv3plus import DeepLabV3Plus, dilate_last_stage
 from .dpt import DPTDecoder, DPTSegmentationHead, ViTDPT, vit_token_maps
+from .heads import Prototypes
+from .clustering import DeepClusterV2, SwAV

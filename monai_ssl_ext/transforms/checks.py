@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
-from monai.transforms import LoadImage, LoadImaged
+from monai.transforms import LoadImage, LoadImaged, MapTransform
 
-__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "ImageReadError", "LoadPictured", "source_name"]
+__all__ = ["CheckedLoadImage", "CheckedLoadImaged", "ImageReadError", "LoadPictured", "PictureChannelsd", "source_name"]
 
 
 class ImageReadError(RuntimeError):
@@ -75,3 +75,30 @@ def source_name(data: Mapping, key: Hashable) -> str:
     value = data.get(key)
     meta = getattr(value, "meta", None) or data.get(f"{key}_meta_dict") or {}
     return str(meta.get("filename_or_obj", f"<{key}>"))
+
+
+class PictureChannelsd(MapTransform):
+    """Grey pictures as ``channels`` identical channels, the others checked: what PIL's ``convert("RGB")`` gives the
+    sources that read every picture as RGB (VISSL, torchvision ``ImageFolder``), for mixed folders of grey and
+    colour slices. A picture with ``channels`` channels passes unchanged; any other count is an error naming the
+    file.
+
+    Args:
+        keys: keys of channel-first pictures (after :class:`LoadPictured`).
+        channels: channels wanted (3).
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int = 3, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = int(channels)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] == 1 and self.channels != 1:
+                d[key] = image.repeat(self.channels, *([1] * (image.ndim - 1)))
+            elif image.shape[0] != self.channels:
+                raise ValueError(f"{source_name(d, key)}: {image.shape[0]} channels, expected 1 (grey) or "
+                                 f"{self.channels}")
+        return d
