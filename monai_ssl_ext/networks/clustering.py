@@ -30,16 +30,16 @@ __all__ = ["SwAV", "DeepClusterV2"]
 
 
 class _ClusteringMethod(nn.Module):
-    """Trunk + projection MLP + unit embeddings, shared by SwAV and DeepCluster-v2."""
+    """Trunk + projection MLP (none for empty ``projection_dims``) + unit embeddings, shared by SwAV and
+    DeepCluster-v2. The trunk is any module with a ``feature_dim`` whose forward gives ``B x feature_dim``."""
 
     def __init__(self, backbone: Backbone, projection_dims: Sequence[int]):
         super().__init__()
         dims = [int(d) for d in projection_dims]
-        if not dims:
-            raise ValueError("projection_dims must give at least the output size")
         self.backbone = backbone
-        self.projector = MLPHead([backbone.feature_dim, *dims], batch_norm=True)
-        self.dim = dims[-1]
+        # no projection_dims: the trunk's features are the embedding (the joint 2D-3D method's volume features)
+        self.projector = MLPHead([backbone.feature_dim, *dims], batch_norm=True) if dims else nn.Identity()
+        self.dim = dims[-1] if dims else int(backbone.feature_dim)
 
     def embed_views(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """Unit embeddings of all views, concatenated in view order (one trunk batch per run of equal sizes)."""
@@ -129,6 +129,10 @@ class DeepClusterV2(_ClusteringMethod):
                  kmeans_iters: int = 10, train_prototypes: bool = False):
         super().__init__(backbone, projection_dims)
         ks = [int(k) for k in n_prototypes]
+        if int(dataset_size) < max(ks):
+            raise ValueError(f"DeepClusterV2: {max(ks)} clusters (n_prototypes {ks}) but only {int(dataset_size)} "
+                             "training items (dataset_size): k-means needs at least as many items as clusters; "
+                             "reduce n_prototypes or add data")
         self.crops_for_assign = [int(c) for c in crops_for_assign]
         self.prototypes = Prototypes(self.dim, ks)
         self.prototypes.requires_grad_(bool(train_prototypes))
