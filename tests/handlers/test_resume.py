@@ -7,11 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from killed_runs import assert_same_state, ckpt_epoch, finish, kill_after_checkpoint, start, train_losses
 
 BUNDLE = ROOT / "bundles" / "simclr_cholec"
 CKPT = Path("runs") / "simclr_cholec" / "models" / "checkpoint_last.pt"
@@ -45,40 +42,6 @@ def _command(override: Path, data: Path, root: Path) -> list[str]:
             "--dataset_dir", str(data), "--bundle_root", str(root)]
 
 
-def _env() -> dict:
-    # one intra-op thread in every run: the same kernels, the same summation order
-    return dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
-                MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-
-
-def _start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, object]:
-    f = open(log, "w")
-    return subprocess.Popen(cmd, cwd=str(ROOT), env=_env(), stdout=f, stderr=subprocess.STDOUT), f
-
-
-def _finish(proc: subprocess.Popen, f, log: Path, timeout: float = 120) -> str:
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        f.close()
-    text = log.read_text()
-    assert proc.returncode == 0, f"{log.name} exited {proc.returncode}:\n{text[-4000:]}"
-    return text
-
-
-def _losses(log: str) -> list[str]:
-    return re.findall(r"Epoch: \d+/\d+, Iter: \d+/\d+ -- train_loss: (\S+)", log)
-
-
-def _ckpt_epoch(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["engine"]["epoch"])
-
-
 @pytest.mark.parametrize("epoch_length,n_train", [(None, 8), (2, 12)], ids=["whole_epochs", "epoch_shorter_than_data"])
 def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path, epoch_length, n_train):
     """Whole epochs (8 frames, 2 batches = one epoch), and the harness's epoch_length 2 over 12
@@ -92,73 +55,43 @@ def test_sigkill_then_resume_matches_uninterrupted(demo_data, tmp_path, epoch_le
     root_a, root_b = tmp_path / "a", tmp_path / "b"
 
     # A (uninterrupted) runs beside B: one core each
-    proc_a, log_a = _start(_command(override, data, root_a), tmp_path / "a.log")
-    proc_b, log_b = _start(_command(override, data, root_b), tmp_path / "b1.log")
-    try:
-        deadline = time.monotonic() + 180
-        # the checkpoint is written atomically (write, then rename) at epoch ends: once it is
-        # there it is complete
-        while time.monotonic() < deadline and proc_b.poll() is None and not (root_b / CKPT).is_file():
-            time.sleep(0.01)
-        if proc_b.poll() is None and (root_b / CKPT).is_file():
-            os.kill(proc_b.pid, signal.SIGKILL)
-        proc_b.wait(timeout=30)
-    finally:
-        if proc_b.poll() is None:
-            proc_b.kill()
-            proc_b.wait()
-        log_b.close()
-    b1 = (tmp_path / "b1.log").read_text()
-    assert proc_b.returncode == -signal.SIGKILL, f"run B was not killed (rc {proc_b.returncode}):\n{b1[-4000:]}"
-    killed_at = _ckpt_epoch(root_b / CKPT)  # weights_only=True: the RNG state loads too
+    proc_a, log_a = start(_command(override, data, root_a), tmp_path / "a.log")
+    proc_b, log_b = start(_command(override, data, root_b), tmp_path / "b1.log")
+    kill_after_checkpoint(proc_b, log_b, tmp_path / "b1.log", root_b / CKPT)
+    killed_at = ckpt_epoch(root_b / CKPT)  # weights_only=True: the RNG state loads too
     assert killed_at is not None and 1 <= killed_at < EPOCHS, f"kill did not land mid-run (checkpoint epoch {killed_at})"
-    assert "SSLTrainer - INFO - Engine run finished" not in b1
 
     # B again, the very same command: it resumes from the checkpoint (A is still running)
-    proc_b2, log_b2 = _start(_command(override, data, root_b), tmp_path / "b2.log")
-    out_b2 = _finish(proc_b2, log_b2, tmp_path / "b2.log")
-    out_a = _finish(proc_a, log_a, tmp_path / "a.log")
+    proc_b2, log_b2 = start(_command(override, data, root_b), tmp_path / "b2.log")
+    out_b2 = finish(proc_b2, log_b2, tmp_path / "b2.log")
+    out_a = finish(proc_a, log_a, tmp_path / "a.log")
     assert f"resumed from {root_b / CKPT} at epoch {killed_at}" in out_b2, out_b2[-4000:]
     assert f"Epoch: {killed_at}/{EPOCHS}," not in out_b2, "the resumed run repeated a finished epoch"
     assert f"Epoch: {killed_at + 1}/{EPOCHS}, Iter: 1/" in out_b2
     assert "resumed from" not in out_a
     # the resumed run's losses are the uninterrupted run's (same batches, same augmentations)
-    assert _losses(out_b2) == _losses(out_a)[killed_at * 2 :]
+    assert train_losses(out_b2) == train_losses(out_a)[killed_at * 2 :]
 
     ck_a = torch.load(root_a / CKPT, map_location="cpu", weights_only=True)
     ck_b = torch.load(root_b / CKPT, map_location="cpu", weights_only=True)
     assert ck_a["engine"] == ck_b["engine"]
     assert ck_a["engine"]["epoch"] == EPOCHS and ck_a["engine"]["iteration"] == EPOCHS * 2
-    _assert_same_state(ck_a["network"], ck_b["network"], "network")
-    _assert_same_state(ck_a["optimizer"]["state"], ck_b["optimizer"]["state"], "optimizer")
+    assert_same_state(ck_a["network"], ck_b["network"], "network")
+    assert_same_state(ck_a["optimizer"]["state"], ck_b["optimizer"]["state"], "optimizer")
     assert ck_a["lr_scheduler"] == ck_b["lr_scheduler"]
     enc_a = torch.load(root_a / ENCODER, map_location="cpu", weights_only=True)
     enc_b = torch.load(root_b / ENCODER, map_location="cpu", weights_only=True)
-    _assert_same_state(enc_a["state_dict"], enc_b["state_dict"], "encoder")
+    assert_same_state(enc_a["state_dict"], enc_b["state_dict"], "encoder")
     # the best-model record and file: the same value, epoch and weights as the uninterrupted run
     assert ck_a["best"]["best_metric_epoch"] == ck_b["best"]["best_metric_epoch"]
     assert ck_a["best"]["best_metric"] == pytest.approx(ck_b["best"]["best_metric"], rel=0, abs=0)
     assert ck_a["best"]["saved"] == ck_b["best"]["saved"] and len(ck_a["best"]["saved"]) == 1
     best_a = torch.load(root_a / BEST, map_location="cpu", weights_only=True)
     best_b = torch.load(root_b / BEST, map_location="cpu", weights_only=True)
-    _assert_same_state(best_a, best_b, "best model")
+    assert_same_state(best_a, best_b, "best model")
     # the random state at the end is the same as well
     assert torch.equal(ck_a["rng"]["torch"], ck_b["rng"]["torch"])
     assert all(torch.equal(x["keys"], y["keys"]) for x, y in zip(ck_a["rng"]["transforms"], ck_b["rng"]["transforms"]))
-
-
-def _assert_same_state(a, b, what: str) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), f"{what}: different keys"
-        for k in a:
-            _assert_same_state(a[k], b[k], f"{what}.{k}")
-    elif isinstance(a, torch.Tensor):
-        assert a.shape == b.shape and a.dtype == b.dtype, what
-        if not torch.equal(a, b):
-            diff = (a.double() - b.double()).abs().max().item() if a.is_floating_point() else "n/a"
-            pytest.fail(f"{what} differs between the uninterrupted and the resumed run (max abs diff {diff})")
-    else:
-        assert a == b, f"{what}: {a!r} != {b!r}"
 
 
 # ---- RNGState -----------------------------------------------------------------------------------
