@@ -1,0 +1,119 @@
+"""The clustering wrappers and their training-loop handlers: SwAV scores unit embeddings against unit prototypes
+and uses its queue only once full; DeepCluster-v2 sets its prototypes to the k-means centroids and its targets to
+the clusters of the batch's items; FreezePrototypes leaves the prototypes unchanged for exactly the first N
+optimizer steps; ClusterMemory fills the bank with every item once."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine
+from monai.engines.utils import IterationEvents
+from torch import nn
+
+from monai_ssl_ext.handlers import FreezePrototypes
+from monai_ssl_ext.losses import DeepClusterV2Loss, SwAVLoss
+from monai_ssl_ext.networks import DeepClusterV2, SwAV
+
+
+class Tiny(nn.Sequential):
+    feature_dim = 6
+
+    def __init__(self):
+        super().__init__(nn.Linear(5, 6), nn.ReLU())
+
+
+def _views(n=8, views=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, 5, generator=g) for _ in range(views)]
+
+
+def test_swav_scores_are_cosines_with_unit_prototypes():
+    torch.manual_seed(0)
+    model = SwAV(Tiny(), projection_dims=[8, 4], n_prototypes=7).train()
+    with torch.no_grad():
+        model.prototypes.heads[0].weight.mul_(3.0)  # not unit
+    x = _views()
+    scores, queue_scores = model(*x)
+    w = model.prototypes.heads[0].weight
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(7))  # normalised before the forward
+    z = F.normalize(model.projector(model.backbone(torch.cat(x))), dim=1)[:8]  # BN over both views
+    torch.testing.assert_close(scores[0], z @ w.T)
+    assert float(scores[0].abs().max()) <= 1 + 1e-6 and queue_scores is None
+
+
+def test_swav_queue_used_only_when_full_and_switched_by_epoch():
+    from monai_ssl_ext.handlers import QueueStart
+
+    torch.manual_seed(0)
+    model = SwAV(Tiny(), projection_dims=[4], n_prototypes=5, queue_length=12).train()
+    x = _views(n=8)
+    handler = QueueStart(model, start_epoch=1)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch = 1
+    handler(engine)
+    assert not model.use_queue
+    _, q = model(*x)
+    assert q is None and all(int(queue.count) == 0 for queue in model.queues)  # off: nothing stored
+    engine.state.epoch = 2
+    handler(engine)
+    assert model.use_queue
+    _, q = model(*x)  # 8 of 12 rows: not full, not used
+    assert q is None and all(int(queue.count) == 8 for queue in model.queues)
+    _, q = model(*x)
+    assert q is None  # scored before this batch is pushed: still 8 rows at scoring time
+    _, q = model(*x)
+    assert q is not None and [t.shape for t in q] == [(12, 5), (12, 5)]
+    loss = SwAVLoss()(*model(*x))
+    assert torch.isfinite(loss)
+
+
+def test_deepcluster_prototypes_are_centroids_and_targets_are_clusters():
+    torch.manual_seed(0)
+    n = 24
+    model = DeepClusterV2(Tiny(), dataset_size=n, projection_dims=[4], n_prototypes=[3, 2], kmeans_iters=5).train()
+    assert not any(p.requires_grad for p in model.prototypes.parameters())
+    x = _views(n=n)
+    index = torch.arange(n)
+    with torch.no_grad():
+        model(*x, index=index)  # fills the bank
+    assert bool(model.memory.seen.all())
+    sizes = model.cluster(torch.Generator().manual_seed(0))
+    assert [int(s.sum()) for s in sizes] == [n, n]
+    for head, centroids in zip(model.prototypes.heads, model.kmeans.centroids):
+        assert torch.equal(head.weight, centroids)
+    # head 0 clusters view 0's memory, head 1 view 1's
+    for h in range(2):
+        mem = model.memory.features[h]
+        torch.testing.assert_close(model.memory.assignments[h], (mem @ model.kmeans.centroids[h].T).argmax(1))
+    scores, targets = model(*[v[5:9] for v in x], index=index[5:9])
+    assert torch.equal(targets, model.memory.assignments[:, 5:9])
+    assert [s.shape for s in scores] == [(8, 3), (8, 2)]  # 2 views x 4 items
+    assert torch.isfinite(DeepClusterV2Loss()(scores, targets))
+
+
+def test_deepcluster_refuses_more_clusters_than_items():
+    with pytest.raises(ValueError, match="n_prototypes"):
+        DeepClusterV2(Tiny(), dataset_size=4, projection_dims=[4], n_prototypes=[5])
+
+
+def test_freeze_prototypes_for_exactly_n_steps():
+    torch.manual_seed(0)
+    model = SwAV(Tiny(), projection_dims=[4], n_prototypes=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    engine = Engine(lambda e, b: None)
+    engine.register_events(*IterationEvents)
+    engine.network, engine.optimizer = model, opt
+    FreezePrototypes(model.prototypes, iterations=2).attach(engine)
+    history = []
+    for it in range(1, 5):
+        engine.state.iteration, engine.state.epoch_length = it, 10
+        opt.zero_grad()
+        SwAVLoss()(*model(*_views(seed=it))).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        before = model.prototypes.heads[0].weight.detach().clone()
+        trunk = model.backbone[0].weight.detach().clone()
+        opt.step()
+        # the prototypes are re-normalised in every forward, so compare right around the step
+        history.append((not torch.equal(before, model.prototypes.heads[0].weight),
+                        not torch.equal(trunk, model.backbone[0].weight)))
+    assert history == [(False, True), (False, True), (True, True), (True, True)]
