@@ -1,0 +1,19 @@
+"""What each bundle is benchmarked with: its CPU demo settings (``configs/cpu_demo.json``), then the
+overrides below (the same in every mode), on its demo data."""
+
+from __future__ import annotations
+
+#: merged after cpu_demo.json in every mode: whole epochs, no resume, no progress bar
+COMMON = {"resume": False, "progress_bar": False, "num_workers": 2}
+
+#: bundle -> (demo data kind, overrides); SimCLR is the issue's reference setting (ResNet-18, 96 px, batch 32)
+BUNDLES: dict[str, tuple[str, dict]] = {
+    "simclr_cholec": ("cholec", {"backbone": "timm/resnet18", "image_size": 96, "batch_size": 32, "val_interval": 1000}),
+    "byol_acdc": ("acdc", {}),
+    "mocov3_hyperkvasir": ("hyperkvasir", {"knn_interval": 0}),
+    "barlowtwins_hyperkvasir": ("hyperkvasir", {"knn_interval": 0}),
+    "mae_hyperkvasir": ("hyperkvasir", {"knn_interval": 0}),
+    "swav_slices": ("ssl_slices", {}),
+    "deepclusterv2_slices": ("ssl_slices", {}),
+    "vitautoenc_ct": ("tcia", {"val_interval": 1000}),
+}
