@@ -360,12 +360,21 @@ def _fmt(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.4f}"
 
 
-def aggregate(rows: list[dict], budgets: list, inits: list[str]) -> dict:
-    """``{(budget, init): (mean, sample std, n)}`` over seeds (std 0 for one seed)."""
+def _value(row: dict, key: str | None) -> float:
+    """The row's reported ``test_value`` (``key`` None) or its evaluate-run metric ``key`` (nan if absent)."""
+    if key is None:
+        return float(row["test_value"])
+    value = (row.get("metrics") or {}).get(key)
+    return float(value) if value not in (None, "") else math.nan
+
+
+def aggregate(rows: list[dict], budgets: list, inits: list[str], key: str | None = None) -> dict:
+    """``{(budget, init): (mean, sample std, n)}`` over seeds (std 0 for one seed) of the reported ``test_value``,
+    or of the evaluate-run metric ``key``."""
     out = {}
     for b in budgets:
         for i in inits:
-            vals = [float(r["test_value"]) for r in rows if str(r["budget"]) == str(b) and r["init"] == i]
+            vals = [_value(r, key) for r in rows if str(r["budget"]) == str(b) and r["init"] == i]
             vals = [v for v in vals if math.isfinite(v)]
             if not vals:
                 continue
@@ -375,19 +384,16 @@ def aggregate(rows: list[dict], budgets: list, inits: list[str]) -> dict:
     return out
 
 
-def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x=None, budget_label=None, title=None,
-                     notes=None) -> str:
-    """Markdown table of the rows' ``test_value``: mean ± sample std over seeds per (budget, init),
-    then ``notes`` (lines)."""
-    stats = aggregate(rows, budgets, inits)
+def metric_names(rows: list[dict], reported: str) -> list[str]:
+    """Every scalar metric the evaluate runs wrote, the reported one first, then the others sorted."""
+    names = {k for r in rows for k in (r.get("metrics") or {})}
+    return [reported] + sorted(names - {reported})
+
+
+def _table(rows, budgets, inits, budget_key, budget_to_x, budget_label, key, n_seeds) -> list[str]:
+    stats = aggregate(rows, budgets, inits, key)
     head = [budget_key] + ([budget_label or "x"] if budget_to_x else []) + list(inits)
-    lines = []
-    if title:
-        lines += [f"# {title}", ""]
-    n_seeds = sorted({r["seed"] for r in rows}, key=str)
-    lines += [f"{metric_label}: mean ± sample std over seeds {n_seeds} (n per cell in brackets when not all seeds finished).", ""]
-    lines.append("| " + " | ".join(str(h) for h in head) + " |")
-    lines.append("|" + "---|" * len(head))
+    lines = ["| " + " | ".join(str(h) for h in head) + " |", "|" + "---|" * len(head)]
     for b in budgets:
         cells = [str(b)] + ([str(_x_lookup(budget_to_x, b))] if budget_to_x else [])
         for i in inits:
@@ -398,48 +404,72 @@ def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x
                 cell = f"{_fmt(s[0])} ± {_fmt(s[1])}"
                 cells.append(cell if s[2] == len(n_seeds) else f"{cell} ({s[2]})")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_markdown(rows, budgets, inits, budget_key, metric_label, budget_to_x=None, budget_label=None, title=None,
+                     notes=None, metrics=()) -> str:
+    """Markdown tables, mean ± sample std over seeds per (budget, init): the rows' reported ``test_value``
+    (``metric_label``), then one table per further evaluate-run metric in ``metrics``; then ``notes`` (lines)."""
+    lines = [f"# {title}", ""] if title else []
+    n_seeds = sorted({r["seed"] for r in rows}, key=str)
+    lines += [f"{metric_label}: mean ± sample std over seeds {n_seeds} (n per cell in brackets when not all seeds finished).", ""]
+    lines += _table(rows, budgets, inits, budget_key, budget_to_x, budget_label, None, n_seeds)
+    for key in metrics:
+        lines += ["", f"{key}:", ""] + _table(rows, budgets, inits, budget_key, budget_to_x, budget_label, key, n_seeds)
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, budgets, inits, path, metric_label, budget_label, budget_to_x=None, logx=False, title=None) -> str:
+def plot(rows, budgets, inits, path, metric_label, budget_label, budget_to_x=None, logx=False, title=None,
+         metrics=()) -> str:
+    """The reported metric against the budget (mean ± std over seeds, one line per init), and one more panel per
+    evaluate-run metric in ``metrics``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = aggregate(rows, budgets, inits)
     try:
         xs = [float(_x_lookup(budget_to_x, b) if budget_to_x else b) for b in budgets]
         categorical = False
     except (TypeError, ValueError):  # non-numeric budgets: evenly spaced, labelled ticks
         xs, categorical, logx = [float(k) for k in range(len(budgets))], True, False
-    span = (max(xs) - min(xs)) or 1.0
+    span = (max(xs) - min(xs)) or abs(xs[0]) or 1.0  # one budget: offsets relative to its size
     markers, styles = "osD^v<>p", ["-", "--", "-.", ":"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for k, i in enumerate(inits):
-        # a small horizontal offset per init keeps overlapping error bars visible (cosmetic only)
-        off = (k - (len(inits) - 1) / 2) * 0.012
-        pts = []
-        for b, x in zip(budgets, xs):
-            s = stats.get((str(b), i))
-            if s is not None:
-                pts.append((x * (1 + 2 * off) if logx else x + off * span, s[0], s[1]))
-        if pts:
-            pts.sort()
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3, label=i,
-                        marker=markers[k % len(markers)], linestyle=styles[k % len(styles)])
-    if logx:
-        ax.set_xscale("log")
-    if categorical:
-        ax.set_xticks(xs, [str(b) for b in budgets])
-    ax.set_xlabel(budget_label)
-    ax.set_ylabel(metric_label)
+    panels = [(None, metric_label)] + [(k, k) for k in metrics]
+    cols = min(len(panels), 3)
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.4 * cols, 4.4 * rows_n), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        stats = aggregate(rows, budgets, inits, key)
+        for k, i in enumerate(inits):
+            # a small horizontal offset per init keeps overlapping error bars visible (cosmetic only)
+            off = (k - (len(inits) - 1) / 2) * 0.012
+            pts = []
+            for b, x in zip(budgets, xs):
+                s = stats.get((str(b), i))
+                if s is not None:
+                    pts.append((x * (1 + 2 * off) if logx else x + off * span, s[0], s[1]))
+            if pts:
+                pts.sort()
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3, label=i,
+                            marker=markers[k % len(markers)], linestyle=styles[k % len(styles)])
+        if logx:
+            ax.set_xscale("log")
+        else:  # ticks at the budgets themselves, written out (no "+3e1" offset)
+            ax.set_xticks(xs, [str(b) for b in budgets] if categorical else [f"{x:g}" for x in xs])
+            if len(xs) == 1:
+                ax.set_xlim(xs[0] - 0.1 * span, xs[0] + 0.1 * span)
+        ax.set_xlabel(budget_label)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="initialisation")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(title="initialisation")
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -447,13 +477,17 @@ def plot(rows, budgets, inits, path, metric_label, budget_label, budget_to_x=Non
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """One row per run: :data:`CSV_FIELDS`, then one column per evaluate-run metric."""
     from monai_ssl_ext.io import atomic_write
 
+    extra = sorted({k for r in rows for k in (r.get("metrics") or {})} - set(CSV_FIELDS))
+
     def write(f) -> None:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + extra)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+            metrics = r.get("metrics") or {}
+            writer.writerow({**{k: r.get(k, "") for k in CSV_FIELDS}, **{k: metrics.get(k, "") for k in extra}})
 
     atomic_write(path, write, mode="w", newline="")
 
@@ -780,21 +814,24 @@ def report(plan: SweepPlan, results: SweepResults) -> dict:
     p, rows, client, summary_id = plan, results.rows, results.client, results.summary_run_id
     out = p.out
     write_csv(rows, out / "results.csv")
-    title = f"{p.bundle_name}: label efficiency"
+    data = "validation data, NOT held out" if p.eval_on_val else "test data"
+    title = f"{p.bundle_name}: label efficiency ({data})"
+    others = metric_names(rows, p.test_metric)[1:]
     table = summary_markdown(rows, p.budgets, p.init_labels, p.budget_key, p.metric_label, budget_to_x=p.budget_to_x,
-                             budget_label=p.budget_label, title=title,
+                             budget_label=p.budget_label, title=title, metrics=others,
                              notes=p.notes + [f"Checkpoints selected on validation {p.selected_on}; the best validation "
                                               f"{p.metric} of each run is the `best_val_value` column of results.csv "
                                               "(not a test score)."])
     (out / "summary.md").write_text(table)
     png = plot(rows, p.budgets, p.init_labels, out / "label_efficiency.png", p.metric_label, p.budget_label,
-               budget_to_x=p.budget_to_x, logx=p.logx, title=title)
+               budget_to_x=p.budget_to_x, logx=p.logx, title=title, metrics=others)
     try:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        stats = [Metric(f"{p.test_metric}.{name}.{i}.{p.budget_key}{b}", float(v), now, 0)
-                 for (b, i), (mean, std, n) in aggregate(rows, p.budgets, p.init_labels).items()
+        stats = [Metric(f"{key or p.test_metric}.{name}.{i}.{p.budget_key}{b}", float(v), now, 0)
+                 for key in [None, *others]
+                 for (b, i), (mean, std, n) in aggregate(rows, p.budgets, p.init_labels, key).items()
                  for name, v in (("mean", mean), ("std", std), ("n", n))]
         if stats:
             client.log_batch(summary_id, metrics=stats)
@@ -901,7 +938,8 @@ def _one_run(plan: SweepPlan, results: SweepResults, b: Any, init: str, seed: An
         if prev.get("signature") == signature:
             print(f"--- {name}: done ({test_metric} = {prev['row']['test_value']}), skipped", flush=True)
             return {**prev["row"], "test_value": float(prev["row"]["test_value"]),
-                    "best_val_value": float(prev["row"]["best_val_value"]), "x": x}
+                    "best_val_value": float(prev["row"]["best_val_value"]), "x": x,
+                    "metrics": {k: float(v) for k, v in (prev["row"].get("metrics") or {}).items()}}
         print(f"--- {name}: settings changed since the finished run, running again", flush=True)
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -953,7 +991,8 @@ def _one_run(plan: SweepPlan, results: SweepResults, b: Any, init: str, seed: An
             client.set_tag(old.info.run_id, "sweep_superseded_by", run_id)
     row = {"init": init, "budget": b, "x": x, "seed": seed, "test_metric": test_metric, "test_value": value,
            "val_metric": c.val_reported, "best_val_value": best_val, "run_id": run_id, "run_name": name,
-           "output_dir": str(run_dir)}
+           "output_dir": str(run_dir),
+           "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
     done.parent.mkdir(parents=True, exist_ok=True)
     from monai_ssl_ext.io import atomic_write_text
 

@@ -14,14 +14,39 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.engines.utils import IterationEvents
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Subset
 
 from ..distributed import get_rank, get_world_size
 from ..engines.steps import optimizer_steps
 
-__all__ = ["FreezePrototypes", "QueueStart", "ClusterMemory"]
+__all__ = ["FreezePrototypes", "QueueStart", "ClusterMemory", "fill_batches"]
 
 logger = logging.getLogger(__name__)
+
+
+def fill_batches(n_items: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The batches of dataset indices of rank ``rank`` in the memory-filling pass: items ``rank, rank + W, ...``
+    (every item on exactly one rank, none repeated), padded with -1 to ``ceil(n / W)`` on every rank and cut into
+    batches of ``batch_size``, a last batch shorter than 2 merged into the one before (training-mode BatchNorm
+    needs 2 items); every rank gets the same batch sizes (the embeddings are gathered)."""
+    per_rank = -(-int(n_items) // int(world))
+    own = list(range(rank, n_items, world))
+    own += [-1] * (per_rank - len(own))
+    chunks = [own[i:i + batch_size] for i in range(0, per_rank, batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) < 2:
+        last = chunks.pop()
+        chunks[-1] = chunks[-1] + last
+    return chunks
+
+
+def _valid_positions(chunks: list[list[int]]) -> list[list[int]]:
+    """Positions of the chunks' valid (non-negative) indices in the flat Subset of valid indices."""
+    out, pos = [], 0
+    for chunk in chunks:
+        valid = sum(i >= 0 for i in chunk)
+        out.append(list(range(pos, pos + valid)))
+        pos += valid
+    return out
 
 
 class FreezePrototypes:
@@ -76,8 +101,8 @@ class ClusterMemory:
 
     Before the first clustering of a run whose bank is empty (not a resumed one: the bank is in the checkpoint) the
     bank is filled by one pass over the training dataset (swav's ``init_memory``: the augmented ``crops_for_assign``
-    views through the network in training mode, without gradients); the pass visits every item once, in order,
-    each rank a :class:`~torch.utils.data.DistributedSampler` share.
+    views through the network in training mode, without gradients); the pass visits every item exactly once, in
+    order, each rank its share (:func:`fill_batches`).
 
     Args:
         model: the :class:`~monai_ssl_ext.networks.DeepClusterV2` wrapper (not a DDP wrapper around it).
@@ -94,25 +119,35 @@ class ClusterMemory:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def fill(self, engine: Engine) -> None:
-        """One pass over the training dataset storing the embeddings of every item."""
+        """One pass over the training dataset storing the embeddings of every item once."""
         train = engine.data_loader
         dataset = train.dataset
         if len(dataset) != self.model.memory.size:
             raise ValueError(f"ClusterMemory: the memory bank has {self.model.memory.size} rows but the training "
                              f"dataset has {len(dataset)} items (set the wrapper's dataset_size to its length)")
-        sampler = DistributedSampler(dataset, shuffle=False) if get_world_size() > 1 else None
-        loader = DataLoader(dataset, batch_size=train.batch_size, shuffle=False, sampler=sampler,
+        chunks = fill_batches(len(dataset), train.batch_size, get_rank(), get_world_size())
+        loader = DataLoader(Subset(dataset, [i for chunk in chunks for i in chunk if i >= 0]),
+                            batch_sampler=_valid_positions(chunks), collate_fn=train.collate_fn,
                             num_workers=train.num_workers if self.num_workers is None else int(self.num_workers))
         was_training = self.model.training
         self.model.train()  # as swav's init_memory (batch statistics)
+        crops = self.model.crops_for_assign
         with torch.no_grad():
-            for batch in loader:
+            for chunk, batch in zip(chunks, loader):
                 if self.index_key not in batch:
                     raise KeyError(f"ClusterMemory: the batch has no {self.index_key!r} (dataset indices); keys are "
                                    f"{sorted(batch)}: give the datalist indices with monai_ssl_ext.data.with_index")
                 views = engine.prepare_batch.views(batch, engine.state.device)
-                crops = self.model.crops_for_assign
-                self.model.remember(batch[self.index_key], [self.model.embed(views[c]) for c in crops])
+                n = views[0].shape[0]
+                # one item alone cannot go through training-mode BatchNorm: run it twice, keep one
+                embeddings = [self.model.embed(views[c] if n > 1 else views[c].repeat(2, *[1] * (views[c].ndim - 1)))[:n]
+                              for c in crops]
+                index = torch.as_tensor(batch[self.index_key]).long().flatten()
+                pad = len(chunk) - n  # ranks with fewer items pad to the same batch size (negative index: dropped)
+                if pad:
+                    index = torch.cat([index, index.new_full((pad,), -1)])
+                    embeddings = [torch.cat([z, z.new_zeros(pad, z.shape[1])]) for z in embeddings]
+                self.model.remember(index, embeddings)
         self.model.train(was_training)
         if get_rank() == 0:
             logger.info(f"ClusterMemory: memory bank filled with {int(self.model.memory.seen.sum())} items")

@@ -119,7 +119,8 @@ class MemoryBank(nn.Module):
 
     Buffers (in ``state_dict``): ``features`` (``n_views × size × dim``), ``assignments`` (``n_heads × size``,
     int64, ``ignore_index`` until assigned: the loss ignores those samples, as DeepCluster-v2 does before its first
-    clustering) and ``seen`` (``size``, bool: items whose features were written).
+    clustering), ``seen`` (``size``, bool: items whose features were ever written) and ``fresh`` (``size``, bool:
+    written since the last :meth:`clear_fresh`).
 
     Args:
         size: number of dataset items ``N`` (the dataset's length, not ImageNet's: see SPEC E.1's quirk).
@@ -143,6 +144,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("features", _initial((n_views, size, dim), init))
         self.register_buffer("assignments", torch.full((n_heads, size), self.ignore_index, dtype=torch.long))
         self.register_buffer("seen", torch.zeros(size, dtype=torch.bool))
+        self.register_buffer("fresh", torch.zeros(size, dtype=torch.bool))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, n_views={self.n_views}, n_heads={self.n_heads}"
@@ -165,6 +167,13 @@ class MemoryBank(nn.Module):
             raise IndexError(f"MemoryBank.update: view {view} out of range for n_views={self.n_views}")
         self.features[view].index_copy_(0, index, x)
         self.seen[index] = True
+        self.fresh[index] = True
+
+    @torch.no_grad()
+    def clear_fresh(self) -> None:
+        """Start a new round of :attr:`fresh` (items written since the last call): DeepCluster-v2 clusters the items
+        of the last epoch only."""
+        self.fresh.zero_()
 
     @torch.no_grad()
     def set_assignments(self, assignments: torch.Tensor | Sequence[torch.Tensor], head: int | None = None) -> None:

@@ -48,8 +48,8 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, g
     """
     if scores.ndim != 2 or min(scores.shape) < 1:
         raise ValueError(f"sinkhorn: expected scores of shape (B, K), got {tuple(scores.shape)}")
-    if not epsilon > 0 or int(iterations) < 0:
-        raise ValueError(f"sinkhorn: need epsilon > 0 and iterations >= 0, got {epsilon}, {iterations}")
+    if not epsilon > 0 or int(iterations) < 1:  # the last step of an iteration makes every code a distribution
+        raise ValueError(f"sinkhorn: need epsilon > 0 and iterations >= 1, got {epsilon}, {iterations}")
     on = bool(gather_distributed)
     s = scores.detach().to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
     q = torch.exp((s - _reduce(s.max().clone(), on, maximum=True)) / epsilon).T  # K x B

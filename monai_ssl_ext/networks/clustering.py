@@ -24,6 +24,8 @@ from ..distributed import gather_no_grad, get_rank, get_world_size
 from ..handlers.ssl_state import FeatureQueue, KMeansState, MemoryBank
 from .backbones import Backbone
 from .heads import MLPHead, Prototypes
+from .initialisation import unit_init_residual
+from .initialisation import zero_init_residual as zero_init_residual_  # the argument of the same name hides it
 from .ssl import forward_by_size
 
 __all__ = ["SwAV", "DeepClusterV2"]
@@ -31,15 +33,26 @@ __all__ = ["SwAV", "DeepClusterV2"]
 
 class _ClusteringMethod(nn.Module):
     """Trunk + projection MLP (none for empty ``projection_dims``) + unit embeddings, shared by SwAV and
-    DeepCluster-v2. The trunk is any module with a ``feature_dim`` whose forward gives ``B x feature_dim``."""
+    DeepCluster-v2. The trunk is any module with a ``feature_dim`` whose forward gives ``B x feature_dim``.
 
-    def __init__(self, backbone: Backbone, projection_dims: Sequence[int]):
+    A trunk without loaded weights (no ``load_report``) starts with its residual branches as the recipe's ResNet:
+    swav's ``resnet50`` and VISSL's trunk keep PyTorch's BatchNorm init (``zero_init_residual=False``), while timm's
+    ResNet zeroes the last BN of every block; :func:`~monai_ssl_ext.networks.initialisation.unit_init_residual`
+    undoes that (``zero_init_residual=True`` zeroes them instead)."""
+
+    def __init__(self, backbone: Backbone, projection_dims: Sequence[int], projection_batch_norm: bool = True,
+                 zero_init_residual: bool = False):
         super().__init__()
         dims = [int(d) for d in projection_dims]
         self.backbone = backbone
         # no projection_dims: the trunk's features are the embedding (the joint 2D-3D method's volume features)
-        self.projector = MLPHead([backbone.feature_dim, *dims], batch_norm=True) if dims else nn.Identity()
+        self.projector = (MLPHead([backbone.feature_dim, *dims], batch_norm=bool(projection_batch_norm)) if dims
+                          else nn.Identity())
         self.dim = dims[-1] if dims else int(backbone.feature_dim)
+        # a fresh Backbone (no weights loaded): the recipe's initialisation; other trunks (e.g. the joint method's
+        # volume model around a loaded slice encoder) are left as they are
+        if isinstance(backbone, Backbone) and getattr(backbone, "load_report", None) is None:
+            (zero_init_residual_ if zero_init_residual else unit_init_residual)(backbone)
 
     def embed_views(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """Unit embeddings of all views, concatenated in view order (one trunk batch per run of equal sizes)."""
@@ -68,11 +81,14 @@ class SwAV(_ClusteringMethod):
         n_prototypes: number of prototypes (3000).
         queue_length: rows of each queue (0: no queue).
         crops_for_assign: the views that get codes (``[0, 1]``), as in the loss.
+        projection_batch_norm: BatchNorm after the hidden projection layer (swav's and VISSL's ``swav_head``).
+        zero_init_residual: zero the residual branches of a fresh trunk (see :class:`_ClusteringMethod`).
     """
 
     def __init__(self, backbone: Backbone, projection_dims: Sequence[int] = (2048, 128), n_prototypes: int = 3000,
-                 queue_length: int = 0, crops_for_assign: Sequence[int] = (0, 1)):
-        super().__init__(backbone, projection_dims)
+                 queue_length: int = 0, crops_for_assign: Sequence[int] = (0, 1), projection_batch_norm: bool = True,
+                 zero_init_residual: bool = False):
+        super().__init__(backbone, projection_dims, projection_batch_norm, zero_init_residual)
         self.prototypes = Prototypes(self.dim, int(n_prototypes))
         self.crops_for_assign = [int(c) for c in crops_for_assign]
         self.queues = (nn.ModuleList(FeatureQueue(int(queue_length), self.dim) for _ in self.crops_for_assign)
@@ -122,12 +138,16 @@ class DeepClusterV2(_ClusteringMethod):
         crops_for_assign: views stored in the memory bank (``[0, 1]``).
         kmeans_iters: k-means iterations per clustering (10).
         train_prototypes: let the optimizer train the prototypes between clusterings.
+        projection_batch_norm: BatchNorm after the hidden projection layer (swav's ``resnet50`` has it; VISSL's
+            ``deepclusterv2_2crops`` head, an ``mlp`` with ``use_bn`` False, does not).
+        zero_init_residual: zero the residual branches of a fresh trunk (see :class:`_ClusteringMethod`).
     """
 
     def __init__(self, backbone: Backbone, dataset_size: int, projection_dims: Sequence[int] = (2048, 128),
                  n_prototypes: Sequence[int] = (3000, 3000, 3000), crops_for_assign: Sequence[int] = (0, 1),
-                 kmeans_iters: int = 10, train_prototypes: bool = False):
-        super().__init__(backbone, projection_dims)
+                 kmeans_iters: int = 10, train_prototypes: bool = False, projection_batch_norm: bool = True,
+                 zero_init_residual: bool = False):
+        super().__init__(backbone, projection_dims, projection_batch_norm, zero_init_residual)
         ks = [int(k) for k in n_prototypes]
         if int(dataset_size) < max(ks):
             raise ValueError(f"DeepClusterV2: {max(ks)} clusters (n_prototypes {ks}) but only {int(dataset_size)} "
@@ -151,18 +171,24 @@ class DeepClusterV2(_ClusteringMethod):
     @torch.no_grad()
     def remember(self, index: torch.Tensor, embeddings: Sequence[torch.Tensor]) -> None:
         """Store the embeddings of the ``crops_for_assign`` views (``embeddings``: one ``B x dim`` tensor per crop of
-        ``crops_for_assign``, in that order) of the items ``index``, gathered over the ranks."""
+        ``crops_for_assign``, in that order) of the items ``index``, gathered over the ranks; rows with a negative
+        index are padding and are not stored."""
         if len(embeddings) != len(self.crops_for_assign):
             raise ValueError(f"remember: {len(embeddings)} embeddings for crops_for_assign {self.crops_for_assign}")
         index = gather_no_grad(torch.as_tensor(index, device=embeddings[0].device).long().flatten())
+        keep = index >= 0  # negative: padding rows of a rank with fewer items (ClusterMemory's filling pass)
         for slot, z in enumerate(embeddings):
-            self.memory.update(index, gather_no_grad(z), view=slot)
+            self.memory.update(index[keep], gather_no_grad(z)[keep], view=slot)
 
     @torch.no_grad()
     def cluster(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """k-means over the stored items (every head), assignments into the bank, centroids into the prototypes;
-        returns each head's cluster sizes."""
-        seen = self.memory.seen
+        """k-means over the items stored since the last clustering (every head; the items of the last epoch, as
+        swav and VISSL cluster only the current memory), assignments into the bank (the other items unassigned:
+        ignored by the loss), centroids into the prototypes; returns each head's cluster sizes. When fewer fresh
+        items than clusters were stored (a short ``epoch_length``), every stored item is clustered."""
+        seen = self.memory.fresh.clone()
+        if int(seen.sum()) < max(self.kmeans.n_clusters):
+            seen = self.memory.seen.clone()
         if not bool(seen.any()):
             raise RuntimeError("DeepClusterV2.cluster: the memory bank is empty (fill it first: ClusterMemory)")
         n_views = len(self.crops_for_assign)
@@ -173,4 +199,5 @@ class DeepClusterV2(_ClusteringMethod):
         self.memory.set_assignments(assignments)
         for head, centroids in zip(self.prototypes.heads, self.kmeans.centroids):
             head.weight.copy_(centroids)
+        self.memory.clear_fresh()
         return [torch.bincount(a, minlength=k) for a, k in zip(found, self.kmeans.n_clusters)]

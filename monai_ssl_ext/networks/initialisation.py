@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["zero_init_residual"]
+__all__ = ["unit_init_residual", "zero_init_residual"]
 
 
 def _last_norm_of_block(module: nn.Module) -> nn.Module | None:
@@ -46,5 +46,23 @@ def zero_init_residual(module: nn.Module) -> int:
         norm = _last_norm_of_block(m)
         if norm is not None and getattr(norm, "weight", None) is not None:
             nn.init.zeros_(norm.weight)
+            count += 1
+    return count
+
+
+@torch.no_grad()
+def unit_init_residual(module: nn.Module) -> int:
+    """Set the weight (gamma) of the last normalisation layer of every residual block in ``module`` to 1, PyTorch's
+    default BatchNorm initialisation: undoes timm's ``zero_init_last`` for recipes whose ResNet does not zero the
+    residual branches (swav's ``resnet50(zero_init_residual=False)``, VISSL's default). Handles the blocks
+    :func:`zero_init_residual` handles; returns the number of blocks set."""
+    count = 0
+    for m in module.modules():
+        if hasattr(m, "zero_init_last") and callable(m.zero_init_last):  # timm blocks: bn3 (bottleneck) or bn2
+            norm = getattr(m, "bn3", None) or getattr(m, "bn2", None)
+        else:
+            norm = _last_norm_of_block(m)
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            nn.init.ones_(norm.weight)
             count += 1
     return count

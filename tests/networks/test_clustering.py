@@ -38,7 +38,7 @@ def test_swav_scores_are_cosines_with_unit_prototypes():
     torch.testing.assert_close(w.norm(dim=1), torch.ones(7))  # normalised before the forward
     z = F.normalize(model.projector(model.backbone(torch.cat(x))), dim=1)[:8]  # BN over both views
     torch.testing.assert_close(scores[0], z @ w.T)
-    assert float(scores[0].abs().max()) <= 1 + 1e-6 and queue_scores is None
+    assert float(scores[0].detach().abs().max()) <= 1 + 1e-6 and queue_scores is None
 
 
 def test_swav_queue_used_only_when_full_and_switched_by_epoch():
@@ -117,3 +117,85 @@ def test_freeze_prototypes_for_exactly_n_steps():
         history.append((not torch.equal(before, model.prototypes.heads[0].weight),
                         not torch.equal(trunk, model.backbone[0].weight)))
     assert history == [(False, True), (False, True), (True, True), (True, True)]
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 4, 1), (10, 4, 2), (9, 4, 2), (7, 3, 3), (5, 2, 2)])
+def test_fill_batches_every_item_once_equal_shapes(n, batch, world):
+    from monai_ssl_ext.handlers.clustering import fill_batches
+
+    per_rank = [fill_batches(n, batch, r, world) for r in range(world)]
+    items = [i for chunks in per_rank for chunk in chunks for i in chunk if i >= 0]
+    assert sorted(items) == list(range(n))  # every item exactly once over the ranks
+    shapes = [[len(c) for c in chunks] for chunks in per_rank]
+    assert all(s == shapes[0] for s in shapes)  # the same batch sizes on every rank (gathered)
+    assert all(sum(i >= 0 for i in c) >= 1 for chunks in per_rank for c in chunks)
+    assert all(len(c) >= 2 for c in per_rank[0]) or n < 2 * world
+
+
+def test_cluster_memory_fills_every_item_once_with_its_embedding():
+    from monai.data import DataLoader
+
+    from monai_ssl_ext.engines import SSLTrainer
+    from monai_ssl_ext.handlers import ClusterMemory
+
+    torch.manual_seed(0)
+    n = 10
+    g = torch.Generator().manual_seed(1)
+    items = [{"image": torch.randn(5, generator=g), "image_2": torch.randn(5, generator=g), "index": i} for i in range(n)]
+    # one projection layer, no BatchNorm: an item's embedding does not depend on its batch
+    model = DeepClusterV2(Tiny(), dataset_size=n, projection_dims=[4], n_prototypes=[3], kmeans_iters=2)
+    trainer = SSLTrainer(device=torch.device("cpu"), max_epochs=1, network=model, loss_function=DeepClusterV2Loss(),
+                         train_data_loader=DataLoader(items, batch_size=4, shuffle=True, drop_last=True),
+                         optimizer=torch.optim.SGD(model.parameters(), lr=0.1), extra_keys=["index"])
+    ClusterMemory(model).fill(trainer)
+    assert bool(model.memory.seen.all()) and bool(model.memory.fresh.all())
+    with torch.no_grad():
+        for view, key in enumerate(("image", "image_2")):
+            expected = model.embed(torch.stack([it[key] for it in items]))
+            torch.testing.assert_close(model.memory.features[view], expected)
+    # the training run: the network gets the batch's indices (extra_keys), the epoch's items are refreshed
+    handler = ClusterMemory(model, seed=3)
+    handler.attach(trainer)
+    trainer.run()
+    assert int(model.kmeans.fits) == 1
+    assert int(model.memory.fresh.sum()) == 8  # 2 batches of 4 (drop_last) written during the epoch
+    assert not bool(model.memory.fresh.all())
+
+
+def test_picture_channels():
+    from monai_ssl_ext.transforms import PictureChannelsd
+
+    grey = {"image": torch.arange(6.0).view(1, 2, 3)}
+    out = PictureChannelsd("image", channels=3)(grey)["image"]
+    assert out.shape == (3, 2, 3) and all(torch.equal(out[c], grey["image"][0]) for c in range(3))
+    rgb = {"image": torch.rand(3, 2, 3)}
+    assert torch.equal(PictureChannelsd("image")(rgb)["image"], rgb["image"])
+    with pytest.raises(ValueError, match="2 channels"):
+        PictureChannelsd("image")({"image": torch.rand(2, 2, 3)})
+
+
+def test_sinkhorn_needs_an_iteration():
+    from monai_ssl_ext.losses import sinkhorn
+
+    with pytest.raises(ValueError, match="iterations >= 1"):
+        sinkhorn(torch.rand(4, 3), iterations=0)
+
+
+def test_fresh_trunk_keeps_unit_residual_bn_loaded_trunk_untouched(tmp_path):
+    from monai_ssl_ext.encoders import export_encoder, pretrained_backbone
+    from monai_ssl_ext.networks import build_backbone
+
+    fresh = build_backbone("timm/resnet18")
+    last = lambda b: [blk.bn2.weight for layer in ("layer1", "layer2", "layer3", "layer4")  # noqa: E731
+                      for blk in getattr(b.trunk, layer)]
+    assert all(float(w.abs().max()) == 0 for w in last(fresh))  # timm zeroes them
+    SwAV(fresh, projection_dims=[8], n_prototypes=4)
+    assert all(torch.equal(w, torch.ones_like(w)) for w in last(fresh))  # swav / VISSL: PyTorch's BN init
+    trained = build_backbone("timm/resnet18")
+    with torch.no_grad():
+        for w in last(trained):
+            w.fill_(0.25)
+    export_encoder(trained, str(tmp_path / "enc.pt"), method="test")
+    loaded = pretrained_backbone("timm/resnet18", weights=str(tmp_path / "enc.pt"))
+    DeepClusterV2(loaded, dataset_size=8, projection_dims=[8], n_prototypes=[4])
+    assert all(torch.equal(w, torch.full_like(w, 0.25)) for w in last(loaded))
