@@ -14,3 +14,5 @@ from . import overrides  # noqa: E402
 from . import gie  # noqa: E402
 from . import workflow  # noqa: E402
 from . import preview  # noqa: E402
+from . import plots  # noqa: E402
+from . import mmwhs  # noqa: E402

@@ -15,6 +15,8 @@ Usage::
     python scripts/make_demo_data.py cvc_clinicdb --out_dir O [--n 16] [--size 64] [--seed 0]
     python scripts/make_demo_data.py c3vd --out_dir O [--n_train_videos 4] [--frames_per_video 6] [--width 48] \\
         [--height 40] [--seed 0]
+    python scripts/make_demo_data.py mmwhs --out_dir O [--ids "(1001, 1003, 1004, 1002)"] [--size 64] [--depth 12] [--seed 0]
+    python scripts/make_demo_data.py ssl_slices --out_dir O [--n_volumes 4] [--size 64] [--depth 8] [--seed 0]
 
 
 A thin command line over :mod:`monai_ssl_ext.demo`, one module per dataset layout (its docstrings
@@ -56,11 +58,13 @@ from monai_ssl_ext.demo import (  # noqa: E402
 )
 from monai_ssl_ext.demo import cvc_clinicdb, kvasir_seg  # noqa: E402
 from monai_ssl_ext.demo import c3vd  # noqa: E402
+from monai_ssl_ext.demo import mmwhs, ssl_slices  # noqa: E402
 
 __all__ = ["ACDC_GROUPS", "BTCV_DATALISTS", "BTCV_ORGANS", "PHASE_TINTS", "VIDEO_CODECS", "acdc", "btcv", "cholec",
            "hyperkvasir", "tcia", "tools", "write_video"]
 __all__ += ["cvc_clinicdb", "kvasir_seg"]
 __all__ += ["c3vd"]
+__all__ += ["mmwhs", "ssl_slices"]
 
 if __name__ == "__main__":
     import fire
