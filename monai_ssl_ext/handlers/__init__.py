@@ -14,3 +14,6 @@ from .knn_monitor import KNNMonitor
 from .classification import ClassPredictionWriter, ConfusionMatrixWriter, key_metric_value
 from .depth import DepthMapWriter
 from .clustering import ClusterMemory, FreezePrototypes, QueueStart
+from .embeddings import embedding_items
+from .contours import ContourOverlayWriter, mask_contour
+from .overlay import inference_items
