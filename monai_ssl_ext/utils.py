@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool", "close_distributed", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
+__all__ = ["as_bool", "cpu_workers", "close_distributed", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
            "log_on_rank_zero", "non_encoder_params", "sync_batchnorm", "weight_decay_param_groups"]
 
 
@@ -129,3 +129,31 @@ def weight_decay_param_groups(network, weight_decay: float, no_decay: list[str] 
             decay.append(param)
     groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": skip, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    import os
+
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # macOS, Windows
+        return max(os.cpu_count() or 1, 1)
+
+
+def cpu_workers(num_workers: int) -> int:
+    """``num_workers`` DataLoader workers, at most :func:`usable_cpus`: a published worker count (8 for a GPU node)
+    on a 2-core machine starts 8 workers that fight over 2 cores and makes torch warn about it, which the user can
+    do nothing about but override ``num_workers``. Logs the cap (once per value) instead. 0 stays 0."""
+    import logging
+
+    n, cpus = int(num_workers), usable_cpus()
+    if n <= cpus:
+        return n
+    if (n, cpus) not in _CAPPED:
+        _CAPPED.add((n, cpus))
+        logging.getLogger("monai_ssl_ext").info(f"num_workers {n} capped at {cpus}, the CPUs this process may use")
+    return cpus
+
+
+_CAPPED: set = set()
