@@ -70,3 +70,17 @@ def test_weight_decay_param_groups_as_maes_add_weight_decay():
     for n, p in mae.named_parameters():
         factor = 1 - 0.1 * 0.5 if n in expected_decay else 1.0
         assert torch.allclose(p.detach(), before[n] * factor), n
+
+
+def test_cpu_workers_caps_at_usable_cpus(caplog, monkeypatch):
+    import logging
+
+    from monai_ssl_ext import utils
+
+    monkeypatch.setattr(utils, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(utils, "_CAPPED", set())
+    with caplog.at_level(logging.INFO, logger="monai_ssl_ext"):
+        assert utils.cpu_workers(8) == 2
+        assert utils.cpu_workers(8) == 2
+    assert [r.getMessage() for r in caplog.records].count("num_workers 8 capped at 2, the CPUs this process may use") == 1
+    assert utils.cpu_workers(0) == 0 and utils.cpu_workers(2) == 2 and utils.cpu_workers(1) == 1
