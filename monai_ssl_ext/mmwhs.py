@@ -12,8 +12,8 @@ and one slicer (:func:`volume_slices`) serve three layouts:
 
   Labels {205, 420, 500, 550, 600, 820, 850} become classes 1..7 (:data:`MMWHS_LABELS`; class 2 =
   left atrium blood cavity, the recipe's reported class). Every label volume keeps its 8 classes;
-  an unknown value is an error (the source collapsed them to binary for file names not starting
-  with "las", so its class-2 Dice was trivially 1).
+  an unknown value is an error (the source collapsed them to binary unless its ``--dataset`` name started
+  with "las", so for ``mmwhs_ct`` / ``mmwhs_mri`` its class-2 Dice was trivially 1).
 
 * **Mixed 2D SSL** (:func:`write_slice_folders`, ``scripts/prepare_ssl_slices.py``): the source's
   ``training_data_2D/{train,valid,test}/<Dataset>/*.png`` (SPEC E.1), read back by
@@ -23,7 +23,7 @@ and one slicer (:func:`volume_slices`) serve three layouts:
 
 Orientation: the stored voxel axes, no reorientation; slice ``d`` is ``volume[:, :, d]`` and its PNG
 row ``i`` / column ``j`` are the volume's first / second axis (no transpose, no flip), as the
-source's ``Image.fromarray(volume[:, :, d])``.
+source's ``skimage.io.imsave`` of ``volume[:, :, d]``.
 
 Also here: the recipe's metrics (:class:`SliceScore`, :class:`VolumeScore`: one class's 2D Dice /
 IoU per slice and its 3D IoU per volume, slices grouped by the name before ``_frame_``) and the
@@ -225,13 +225,16 @@ def mmwhs_split_of(patient: int) -> str | None:
     return None
 
 
-def balanced_training_slices(labelled: Sequence, background: Sequence, seed: int = 0) -> list:
-    """The source's training sample: every labelled slice plus as many background-only slices drawn
-    at random without replacement (seeded; all of them when there are fewer)."""
-    n = min(len(labelled), len(background))
-    if n < len(labelled):
-        logger.warning(f"only {len(background)} background-only slices for {len(labelled)} labelled ones: using all")
-    return list(labelled) + random.Random(seed).sample(list(background), n)
+def balanced_training_slices(with_class: Sequence, without_class: Sequence, seed: int = 0) -> list:
+    """The source's training sample (``mydataset.py``: its ``have_label*.txt`` lists every slice that shows the
+    left atrium, ``non_label*.txt`` every other slice): every slice with the evaluated class plus as many slices
+    without it, drawn at random without replacement (seeded; all of them when there are fewer; the source draws
+    with replacement)."""
+    n = min(len(with_class), len(without_class))
+    if n < len(with_class):
+        logger.warning(f"only {len(without_class)} slices without the left atrium for {len(with_class)} with it: "
+                       "using all")
+    return list(with_class) + random.Random(seed).sample(list(without_class), n)
 
 
 def _mmwhs_pairs(data_dir: Path, modality: str) -> dict[int, tuple[Path, Path]]:
@@ -259,15 +262,15 @@ def prepare_mmwhs(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None
 
         {"split": {"train": [1001, ...], "validation": [...], "test": [...]},
          "classes": {"0": "background", ...}, "label_values": {"205": 1, ...}, "seed": 0,
-         "training":            the source's sample: every labelled train slice + as many background-only,
-         "training_labelled":   train slices with any foreground,
-         "training_background": train slices without,
+         "training":          the source's sample: every train slice showing the left atrium + as many without,
+         "training_la":       train slices showing the left atrium (class 2, the source's have_label list),
+         "training_no_la":    the other train slices (the source's non_label list: background or other structures),
          "validation", "test":  every slice of the split's volumes,
          "training_volumes", "validation_volumes", "test_volumes": the raw {"image", "label"} NIfTI pairs}
 
     Slice items: ``{"image", "label", "volume": "<mod>_train_<id>", "slice": d, "patient": id}``.
     Only the patients of :data:`MMWHS_SPLIT` present under ``data_dir`` are used (others are skipped
-    with a log line). ``seed`` draws the background-only slices of ``training``; ``label_aliases``
+    with a log line). ``seed`` draws the slices without left atrium of ``training``; ``label_aliases``
     as in :func:`map_labels` (none by default: an unknown value stops the preparation).
 
     Raises:
@@ -287,7 +290,7 @@ def prepare_mmwhs(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         if not pairs:
             raise FileNotFoundError(
                 f"no MMWHS volumes '{mod}_train_<id>_image.nii.gz' under {str(data_dir)!r} (modality {mod!r}).")
-        lists: dict[str, list] = {k: [] for k in ("training_labelled", "training_background", "validation", "test")}
+        lists: dict[str, list] = {k: [] for k in ("training_la", "training_no_la", "validation", "test")}
         volumes: dict[str, list] = {"training_volumes": [], "validation_volumes": [], "test_volumes": []}
         for pid, (img_path, lab_path) in sorted(pairs.items()):
             split = mmwhs_split_of(pid)
@@ -314,7 +317,7 @@ def prepare_mmwhs(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None
                 write_png(lab_file, lab2d)
                 item = {"image": rel(img_file), "label": rel(lab_file), "volume": stem, "slice": d, "patient": pid}
                 if split == "train":
-                    lists["training_labelled" if lab2d.any() else "training_background"].append(item)
+                    lists["training_la" if (lab2d == EVAL_CLASS).any() else "training_no_la"].append(item)
                 else:
                     lists[split].append(item)
         index = {
@@ -322,7 +325,7 @@ def prepare_mmwhs(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None
             "classes": {str(k): v for k, v in MMWHS_CLASS_NAMES.items()},
             "label_values": {str(k): v for k, v in MMWHS_LABELS.items()},
             "seed": int(seed),
-            "training": balanced_training_slices(lists["training_labelled"], lists["training_background"], seed),
+            "training": balanced_training_slices(lists["training_la"], lists["training_no_la"], seed),
             **lists,
             **volumes,
         }
@@ -337,17 +340,20 @@ def prepare_mmwhs(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None
 # ---- mixed 2D / 3D SSL layouts ---------------------------------------------------------------------
 
 _LABEL_NAME_RE = re.compile(r"(_label|_labels|_seg|_gt|_mask)$", re.IGNORECASE)
+#: label volumes named by a prefix (LiTS2017: ``segmentation-<n>.nii`` beside ``volume-<n>.nii``)
+_LABEL_PREFIX_RE = re.compile(r"^(segmentation|label|labels|seg|mask)[-_]", re.IGNORECASE)
 
 
 def find_volumes(folder: str | os.PathLike) -> list[Path]:
     """The image NIfTI files under ``folder`` (recursive, sorted), leaving out label files: any in a
-    folder whose name starts with ``label`` (MSD ``labelsTr``) or named ``*_label`` / ``_seg`` /
-    ``_gt`` / ``_mask``. Raises FileNotFoundError when there is none (folder named)."""
+    folder whose name starts with ``label`` (MSD ``labelsTr``), named ``*_label`` / ``_seg`` / ``_gt`` /
+    ``_mask``, or named ``segmentation-*`` / ``label-*`` / ``seg-*`` / ``mask-*`` (LiTS2017's
+    ``segmentation-<n>.nii``). Raises FileNotFoundError when there is none (folder named)."""
     folder = Path(folder)
     found = [
         p for p in sorted(folder.rglob("*.nii*"))
         if _NIFTI_RE.search(p.name) and not p.name.startswith(".")
-        and not _LABEL_NAME_RE.search(volume_stem(p))
+        and not _LABEL_NAME_RE.search(volume_stem(p)) and not _LABEL_PREFIX_RE.match(p.name)
         and not any(part.lower().startswith("label") for part in p.relative_to(folder).parts[:-1])
     ]
     if not found:

@@ -35,7 +35,8 @@ def test_slice_encoder_of_a_format2_file_loads_whole_and_reproduces_features(tmp
     rgb_norm = {"mean": GREY["mean"] * 3, "std": GREY["std"] * 3}  # grey slices replicated to RGB
     export_encoders({"slice_encoder": slice_encoder, "slice_transformer": other}, path, "joint_ssl", rgb_norm)
 
-    overrides = {"pretrained_encoder": path, "backbone": "timm/resnet50", "normalization": GREY}
+    # the source's 1-channel net (RGB filters summed), with channel-equal statistics: exact
+    overrides = {"pretrained_encoder": path, "backbone": "timm/resnet50", "normalization": GREY, "in_channels": 1}
     with pytest.raises(RuntimeError) as e:  # two trunks: the name is needed (MONAI wraps the loader's error)
         read_bundle_config(BUNDLE / "configs", ["train.json"], overrides).get_parsed_content("encoder_report")
     assert isinstance(e.value.__cause__, EncoderLoadError) and "slice_encoder" in str(e.value.__cause__)
@@ -71,7 +72,7 @@ def test_slice_encoder_of_a_format2_file_loads_whole_and_reproduces_features(tmp
     with torch.no_grad():
         assert torch.allclose(net3.backbone(torch.as_tensor(x)[None]), slice_encoder(x3[:1]), atol=1e-5, rtol=0)
     with torch.no_grad():  # and it is not the random trunk
-        fresh = read_bundle_config(BUNDLE / "configs", ["train.json"], {"backbone": "timm/resnet50"})
+        fresh = read_bundle_config(BUNDLE / "configs", ["train.json"], {"backbone": "timm/resnet50", "in_channels": 1})
         random_trunk = fresh.get_parsed_content("network_def").eval().backbone
         assert not torch.allclose(random_trunk(x1), slice_encoder(x3), atol=1e-3)
 
@@ -157,7 +158,8 @@ def test_volume_inference_matches_the_slice_pipeline(demo_data, tmp_path):
     parser = res["parser"]
     net = parser.get_parsed_content("network_def").eval()
     net.load_state_dict(torch.load(Path(trained["output_dir"]) / "models" / "model.pt", weights_only=True))
-    norm, size = parser.get_parsed_content("normalization"), parser.get_parsed_content("image_size")
+    size = parser.get_parsed_content("image_size")
+    to_input = [parser.get_parsed_content("grey_to_channels"), parser.get_parsed_content("normalize")]
     (item,) = parser.get_parsed_content("inference_datalist")
     src = nib.load(item["image"])
     out = nib.load(Path(res["output_dir"]) / "predictions" / "ct_train_1002_image_seg.nii.gz")
@@ -167,12 +169,15 @@ def test_volume_inference_matches_the_slice_pipeline(demo_data, tmp_path):
     for d in range(src.shape[2]):
         png = Path(data) / "ct" / "images" / f"ct_train_1002_frame_{d}.png"
         img = load({"image": str(png)})["image"].as_tensor().float() / 255.0
-        x = (Resize([size, size], mode="bilinear")(img) - norm["mean"][0]) / norm["std"][0]
+        x = Resize([size, size], mode="nearest")(img)
+        for t in to_input:  # the training path's grey -> channels and normalisation
+            x = t({"image": x})["image"]
         with torch.no_grad():
-            small = net(x[None]).argmax(1).float()
+            small = net(torch.as_tensor(x)[None]).argmax(1).float()
         expected = Resize(src.shape[:2], mode="nearest")(small).numpy()[0]
         agree.append((pred[..., d] == expected).mean())
     assert np.mean(agree) > 0.99, agree
+    assert len(np.unique(pred)) > 1  # not a constant map (which any orientation would reproduce)
 
 
 def _ddp_items():

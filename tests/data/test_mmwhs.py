@@ -135,7 +135,7 @@ def prepared(tmp_path_factory):
     for pid in (1001, 1003, 1004, 1002, 1099):
         img = rng.normal(0, 50, shape).astype(np.float32)
         lab = np.zeros(shape, np.int16)
-        lab[3:9, 4:12, 2:6] = 420 if pid != 1003 else 205  # slices 2..5 labelled, 0,1,6,7 background-only
+        lab[3:9, 4:12, 2:6] = 420 if pid != 1003 else 205  # 1001: slices 2..5 show the left atrium; 1003 never
         lab[10:14, 14:20, 3:5] = 850
         img[lab > 0] += 400
         img[0, shape[1] - 1, :] = 4000  # marker: top-right corner of every slice
@@ -151,7 +151,7 @@ def test_split_lists(prepared):
     out, index, _, _ = prepared
     assert mmwhs.MMWHS_SPLIT == {"train": tuple(SPEC_TRAIN), "validation": tuple(SPEC_VAL), "test": tuple(SPEC_TEST)}
     assert index["split"] == {"train": [1001, 1003], "validation": [1004], "test": [1002]}  # 1099 in no split
-    assert {it["patient"] for it in index["training_labelled"] + index["training_background"]} == {1001, 1003}
+    assert {it["patient"] for it in index["training_la"] + index["training_no_la"]} == {1001, 1003}
     assert {it["patient"] for it in index["validation"]} == {1004}
     assert {it["patient"] for it in index["test"]} == {1002}
     assert len(index["validation"]) == len(index["test"]) == 8  # every slice of val / test volumes
@@ -160,18 +160,24 @@ def test_split_lists(prepared):
     assert not any("1099" in p.name for p in (out / "ct" / "images").iterdir())
 
 
-def test_training_sample_all_labelled_plus_as_many_background(prepared):
-    out, index, _, _ = prepared
-    labelled, background = index["training_labelled"], index["training_background"]
-    assert len(labelled) == len(background) == 8  # 2 volumes x (4 labelled, 4 background-only)
-    for it in labelled:
-        assert np.asarray(Image.open(out / it["label"])).any()
-    for it in background:
-        assert not np.asarray(Image.open(out / it["label"])).any()
+def test_training_sample_left_atrium_slices_plus_as_many_without(prepared):
+    """The source's have_label / non_label lists split the training slices by the left atrium (class 2), not by
+    any foreground: 1003's slices hold myocardium (205) and the pulmonary artery (850) but no left atrium."""
+    out, index, volumes, _ = prepared
+    with_la, without_la = index["training_la"], index["training_no_la"]
+    expected_la = [(1001, d) for d in range(8) if (volumes[1001][1][:, :, d] == 420).any()]
+    assert sorted((it["patient"], it["slice"]) for it in with_la) == expected_la == [(1001, d) for d in range(2, 6)]
+    assert len(without_la) == 16 - 4
+    assert any(np.asarray(Image.open(out / it["label"])).any() for it in without_la)  # other structures: no LA
+    for it in with_la:
+        assert (np.asarray(Image.open(out / it["label"])) == 2).any()
+    for it in without_la:
+        assert not (np.asarray(Image.open(out / it["label"])) == 2).any()
     train = index["training"]
     key = lambda it: it["image"]  # noqa: E731
-    assert sorted(map(key, train)) == sorted(map(key, labelled + background))  # equal counts: all of both here
-    # fewer labelled than background: all labelled + a seeded draw of as many background-only
+    assert sorted(map(key, train[:4])) == sorted(map(key, with_la)) and len(train) == 8
+    assert {key(it) for it in train[4:]} <= {key(it) for it in without_la} and len({key(it) for it in train[4:]}) == 4
+    # fewer with than without: all with + a seeded draw of as many without, no repeats
     lab_items, bg_items = [{"image": f"l{i}"} for i in range(3)], [{"image": f"b{i}"} for i in range(10)]
     a = mmwhs.balanced_training_slices(lab_items, bg_items, seed=1)
     assert a[:3] == lab_items and len(a) == 6 and len({x["image"] for x in a[3:]}) == 3
@@ -194,7 +200,7 @@ def test_prepared_slices_labels_and_orientation(prepared):
         assert np.abs(png.astype(int) - ref[:, :, d].astype(int)).max() <= 1
         np.testing.assert_array_equal(seg == 2, lab[:, :, d] == 420)
         np.testing.assert_array_equal(seg == 7, lab[:, :, d] == 850)
-    item = next(it for it in index["training_labelled"] if it["patient"] == 1001)
+    item = next(it for it in index["training_la"] if it["patient"] == 1001)
     assert mmwhs.volume_of(item["image"]) == item["volume"] == "ct_train_1001"
 
 
@@ -236,10 +242,23 @@ def test_demo_generators(tmp_path):
     assert index["split"] == {"train": [1001, 1003], "validation": [1004], "test": [1002]}
     raw = nib.load(str(tmp_path / "m" / "ct_train" / "ct_train_1001_label.nii.gz")).get_fdata()
     assert sorted(np.unique(raw).astype(int).tolist()) == [0, *SPEC_MAP]  # all seven real label values
-    assert len(index["training_background"]) > 0 and len(index["training"]) == 2 * len(index["training_labelled"])
+    assert len(index["training_no_la"]) > 0 and len(index["training"]) == 2 * len(index["training_la"])
     out = GENERATORS["ssl_slices"](str(tmp_path / "s"))
     items = read_slice_folders(tmp_path / "s", "train")
     assert {d["dataset"] for d in items} == {"BraTS2018", "LUNA2016", "LiTS2017", "MSD_Heart"}
     assert len(items) == sum(out["slices"]["train"].values())
     assert len(read_slice_folders(tmp_path / "s", "valid")) and len(read_slice_folders(tmp_path / "s", "test"))
     assert sorted(p.name for p in (tmp_path / "s" / "training_data_3D").iterdir()) == sorted(out["volumes"])
+
+
+def test_find_volumes_leaves_out_label_volumes_of_every_naming(tmp_path):
+    """LiTS2017 names its label maps by prefix (segmentation-<n>.nii beside volume-<n>.nii), MSD by folder
+    (labelsTr), others by suffix (_seg, _label): none of them may be sliced into the SSL images."""
+    blank = np.zeros((4, 5, 2), np.float32)
+    for rel in ("LiTS2017/volume-0.nii", "LiTS2017/segmentation-0.nii", "LiTS2017/volume-1.nii.gz",
+                "LiTS2017/segmentation-1.nii.gz", "BraTS/p1_flair.nii.gz", "BraTS/p1_seg.nii.gz",
+                "MSD/imagesTr/heart_1.nii.gz", "MSD/labelsTr/heart_1.nii.gz", "X/case_label.nii.gz", "X/case.nii.gz"):
+        _save(tmp_path / rel, blank)
+    names = {ds: [p.name for p in mmwhs.find_volumes(tmp_path / ds)] for ds in ("LiTS2017", "BraTS", "MSD", "X")}
+    assert names == {"LiTS2017": ["volume-0.nii", "volume-1.nii.gz"], "BraTS": ["p1_flair.nii.gz"],
+                     "MSD": ["heart_1.nii.gz"], "X": ["case.nii.gz"]}
