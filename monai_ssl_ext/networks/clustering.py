@@ -183,18 +183,21 @@ class DeepClusterV2(_ClusteringMethod):
     @torch.no_grad()
     def cluster(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """k-means over the items stored since the last clustering (every head; the items of the last epoch, as
-        swav and VISSL cluster only the current memory), assignments into the bank (the other items unassigned:
-        ignored by the loss), centroids into the prototypes; returns each head's cluster sizes. When fewer fresh
-        items than clusters were stored (a short ``epoch_length``), every stored item is clustered."""
-        seen = self.memory.fresh.clone()
-        if int(seen.sum()) < max(self.kmeans.n_clusters):
-            seen = self.memory.seen.clone()
+        swav and VISSL cluster the current memory), centroids into the prototypes, and every stored item assigned
+        to its nearest centroid (items not visited in the last epoch, e.g. with an ``epoch_length`` shorter than
+        the data, keep a target instead of dropping out of the loss); returns each head's cluster sizes. When
+        fewer fresh items than clusters were stored, every stored item is clustered."""
+        seen = self.memory.seen.clone()
         if not bool(seen.any()):
             raise RuntimeError("DeepClusterV2.cluster: the memory bank is empty (fill it first: ClusterMemory)")
+        rows = self.memory.fresh.clone()
+        if int(rows.sum()) < max(self.kmeans.n_clusters):
+            rows = seen
         n_views = len(self.crops_for_assign)
-        found = self.kmeans.fit([self.memory.features[h % n_views][seen] for h in range(len(self.kmeans.n_clusters))],
-                                generator=generator)
+        heads = range(len(self.kmeans.n_clusters))
+        self.kmeans.fit([self.memory.features[h % n_views][rows] for h in heads], generator=generator)
         assignments = torch.full_like(self.memory.assignments, self.memory.ignore_index)
+        found = [self.kmeans.assign(self.memory.features[h % n_views][seen], head=h) for h in heads]
         assignments[:, seen] = torch.stack(found)
         self.memory.set_assignments(assignments)
         for head, centroids in zip(self.prototypes.heads, self.kmeans.centroids):

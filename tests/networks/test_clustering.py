@@ -199,3 +199,25 @@ def test_fresh_trunk_keeps_unit_residual_bn_loaded_trunk_untouched(tmp_path):
     loaded = pretrained_backbone("timm/resnet18", weights=str(tmp_path / "enc.pt"))
     DeepClusterV2(loaded, dataset_size=8, projection_dims=[8], n_prototypes=[4])
     assert all(torch.equal(w, torch.full_like(w, 0.25)) for w in last(loaded))
+
+
+def test_items_not_visited_last_epoch_keep_a_target():
+    """The clustering fits the items written since the last one, but every stored item gets its nearest centroid:
+    with an epoch shorter than the data, the items of the next epoch (not visited in the last) still have targets
+    (they would otherwise be ignored and the loss of a whole batch be 0)."""
+    torch.manual_seed(0)
+    n = 12
+    model = DeepClusterV2(Tiny(), dataset_size=n, projection_dims=[4], n_prototypes=[3, 2], kmeans_iters=3).train()
+    x = _views(n=n)
+    with torch.no_grad():
+        model(*x, index=torch.arange(n))
+        model.cluster(torch.Generator().manual_seed(0))
+        model(*[v[:6] for v in x], index=torch.arange(6))  # a short epoch: half the items
+    assert int(model.memory.fresh.sum()) == 6
+    model.cluster(torch.Generator().manual_seed(1))
+    assert bool((model.memory.assignments >= 0).all())
+    for h in range(2):
+        feats = model.memory.features[h]
+        torch.testing.assert_close(model.memory.assignments[h], (feats @ model.kmeans.centroids[h].T).argmax(1))
+    scores, targets = model(*[v[6:] for v in x], index=torch.arange(6, n))
+    assert float(DeepClusterV2Loss()(scores, targets)) > 0
