@@ -42,6 +42,7 @@ __all__ = [
     "read_frame_csv",
     "read_image_list",
     "read_slice_folders",
+    "read_volume_folders",
     "split_80_10_10",
     "with_index",
     "subset_size",
@@ -623,4 +624,37 @@ def read_slice_folders(root: str | os.PathLike, split: str = "train") -> list[di
             f"slice folder {str(split_dir)!r} holds no pictures ({'/'.join(SLICE_SUFFIXES)}) in dataset "
             f"sub-folders (expected {str(split_dir)}/<Dataset>/*.png)."
         )
+    return out
+
+
+#: Volume file types of the joint 2D-3D SSL volume layout (:func:`read_volume_folders`).
+VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
+
+
+def read_volume_folders(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The volumes of the joint 2D-3D SSL layout ``<root>/<Dataset>/*.npy|*.nii|*.nii.gz`` (the source's
+    ``training_data_3D``: ``.npy`` arrays H x W x D; written by :func:`monai_ssl_ext.mmwhs.write_volume_arrays`):
+    ``[{"image": <absolute path>, "dataset": <Dataset folder name>}, ...]`` sorted by dataset, then file name. Only
+    the dataset folders directly under ``root`` are read (not recursive); hidden files and other file types are
+    skipped.
+
+    Raises:
+        ValueError: ``root`` is not a folder, or it holds no volumes in dataset folders (each names the folder).
+    """
+    base = Path(os.path.expanduser(str(root)))
+    if not base.is_dir():
+        raise ValueError(f"volume folder {str(base)!r} does not exist (expected <root>/<Dataset>/*.npy, the source's "
+                         "training_data_3D layout, e.g. written by scripts/prepare_ssl_slices.py --volumes_dir).")
+    out: list[dict[str, Any]] = []
+    with os.scandir(base) as it:
+        datasets = sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    for ds in datasets:
+        with os.scandir(ds.path) as it:
+            names = sorted(e.name for e in it if e.is_file() and not e.name.startswith(".")
+                           and e.name.lower().endswith(VOLUME_SUFFIXES))
+        folder = os.path.abspath(ds.path)
+        out.extend({"image": os.path.join(folder, n), "dataset": ds.name} for n in names)
+    if not out:
+        raise ValueError(f"volume folder {str(base)!r} holds no volumes ({'/'.join(VOLUME_SUFFIXES)}) in dataset "
+                         f"sub-folders (expected {str(base)}/<Dataset>/*.npy).")
     return out

@@ -17,3 +17,4 @@ from .clustering import ClusterMemory, FreezePrototypes, QueueStart
 from .embeddings import embedding_items
 from .contours import ContourOverlayWriter, mask_contour
 from .overlay import inference_items
+from .trunks_export import TrunksExport

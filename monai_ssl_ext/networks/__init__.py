@@ -21,3 +21,5 @@ from .deeplabv3plus import DeepLabV3Plus, dilate_last_stage
 from .dpt import DPTDecoder, DPTSegmentationHead, ViTDPT, vit_token_maps
 from .heads import Prototypes
 from .clustering import DeepClusterV2, SwAV
+from .joint3d import (JointVolumeEncoder, MaskedSliceEmbedding, MaskedSliceLoss, SliceTransformer, joint_ssl_network,
+                      joint_volume_encoder, multiscale_dim, multiscale_features, trainable_parameters)

@@ -20,6 +20,8 @@ Built-in families (first match wins, highest ``priority`` first):
 ``timm-tf-efficientnet``   ``timm/tf_efficientnet_b<N>`` / ``_l2``: timm, with a key map onto
                            ``monai-efficientnet`` (priority 1, before ``timm``)
 ``timm``                   ``timm/<model-name>``: any timm model (2D)
+``slice-transformer``      ``slice-transformer``: the joint 2D-3D method's transformer over slice features
+                           (``networks/joint3d.py``; sized by ``arch_params``, ``in_channels`` = feature size)
 =========================  ====================================================================
 
 Adding a family is one :func:`register_family` call (and one test that an exported trunk of it
@@ -832,4 +834,34 @@ register_family(TrunkFamily(
     maps_from={TORCHVISION: _map_torchvision},
     signature=lambda m: {**conv_signature(m), **_resnet_fields(m.conv1, not isinstance(m.maxpool, nn.Identity), m.relu)},
     names="torchvision detection ResNet bodies (downstream only: BackboneWithFPN.body)",
+))
+
+
+# ---- the joint 2D-3D method's slice transformer ----------------------------------------------------------------
+# The inter-slice trunk of joint_ssl_3d (networks/joint3d.py: SliceTransformer): slice features (B, D, in_dim) in,
+# tokens (B, D, d_model) out. ``in_channels`` of its header is the slice-feature size (5888 for a ResNet-50 slice
+# encoder), ``spatial_dims`` 1 (a sequence of slices); its sizes are ``arch_params`` (recorded whole, compared by name).
+
+def _joint3d():
+    from . import joint3d
+
+    return joint3d
+
+
+register_family(TrunkFamily(
+    name="slice-transformer",
+    matches_arch=lambda arch: arch == "slice-transformer",
+    matches_module=lambda m: isinstance(m, _joint3d().SliceTransformer),
+    build=lambda arch, spatial_dims, in_channels, **p: _joint3d().SliceTransformer(in_channels, **p),
+    pool=lambda trunk, x: trunk(x).mean(dim=1),
+    feature_maps=lambda trunk, x: [trunk(x)],
+    feature_dim=lambda trunk: int(trunk.d_model),
+    first_conv="projection.weight",
+    arch_params=MappingProxyType({"d_model": 640, "ffn_dim": 720, "num_layers": 4, "num_heads": 8, "dropout": 0.1,
+                                  "activation": "gelu"}),
+    spatial_dims=(1,),
+    signature=lambda m: _joint3d().slice_transformer_signature(m),
+    header_signature=lambda payload: _joint3d().slice_transformer_header_signature(payload),
+    arch_params_required=True,
+    names="'slice-transformer' (joint 2D-3D SSL: transformer over slice features; sized by d_model, num_layers, ...)",
 ))

@@ -11,3 +11,4 @@ from .augment3d import AsymmetricVolumeAugment, VolumeViewAugment
 from .volumes import LoadVolumed, volume_items
 from .polyp import BinaryMaskd, ColorJitterBlurd, RandPairedAffined, ResizeToMatchd
 from .depth import DepthFormatError, LoadDepthd, SquareResized, read_depth16
+from .joint3d import LoadSliceStackd, OneOfDistinctViewsd, RandAnisotropy, read_slice_stack, torchio_default_views
