@@ -1,4 +1,4 @@
-"""unet_mmwhs: a format-2 encoder file's slice encoder loads whole into the bundle's U-Net (1 input
+"""unet_mmwhs: a format-2 encoder file's slice encoder (a test export, and a joint_ssl_3d run's) loads whole into the bundle's U-Net (1 input
 channel, RGB filters summed) and computes the pretrained features; the recipe's metrics count false
 positives and group slices into volumes by name; volume inference sees what training saw."""
 
@@ -222,3 +222,23 @@ def test_scores_gather_over_ranks_like_one_process(monkeypatch):
             got = _gathered(make(), rank0, m, others=sent)
         assert got == pytest.approx(expected)
         assert _score(make(), rank0) != pytest.approx(expected)  # one rank alone scores differently
+
+
+def test_joint_ssl_3d_slice_encoder_hands_off_to_unet_mmwhs(demo_data, tmp_path):
+    """The chain joint_ssl_3d -> unet_mmwhs: the slice encoder its run exports (format 2, beside the slice
+    transformer) loads whole into the U-Net encoder, which computes the trained encoder's features (eval mode)."""
+    data = demo_data("ssl_slices")
+    joint = run_bundle(ROOT / "bundles" / "joint_ssl_3d", ["train.json"],
+                       {"bundle_root": str(tmp_path / "joint"), "dataset_dir": data}, smoke=True)
+    path = Path(joint["output_dir"]) / "models" / "encoder.pt"
+    trained = joint["parser"].get_parsed_content("network_def").backbone.slice_encoder.eval()
+    parser = read_bundle_config(BUNDLE / "configs", ["train.json"], {
+        "pretrained_encoder": str(path), "pretrained_trunk": "slice_encoder", "backbone": trained.arch})
+    report = parser.get_parsed_content("encoder_report")
+    assert report.missing == [] and report.unused == [] and report.mismatched == [] and report.converted == []
+    net = parser.get_parsed_content("network_def").eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(net.backbone(x), trained(x), atol=1e-5, rtol=0)
+        for got, ref in zip(net.backbone.feature_maps(x), trained.feature_maps(x), strict=True):
+            assert torch.allclose(got, ref, atol=1e-5, rtol=0)
