@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .settings import BUNDLES, COMMON
+from .settings import BUNDLES, COMMON, DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def demo_data(kind: str, cache: Path) -> str:
     out = cache / kind
     if not (out / ".complete").is_file():
         out.mkdir(parents=True, exist_ok=True)
-        GENERATORS[kind](str(out))
+        GENERATORS[kind](str(out), **DATA.get(kind, {}))
         (out / ".complete").write_text("")
     return str(out)
 

@@ -6,6 +6,15 @@ from __future__ import annotations
 #: merged after cpu_demo.json in every mode: whole epochs, no resume, no progress bar
 COMMON = {"resume": False, "progress_bar": False, "num_workers": 2}
 
+#: demo data kind -> generator arguments: a few hundred training items, so that an epoch is several batches
+DATA: dict[str, dict] = {
+    "cholec": {"n_videos": 6, "frames_per_video": 110},  # ~440 training frames (the 444 real slices)
+    "acdc": {"n_patients": 24, "n_slices": 6},
+    "hyperkvasir": {"n_unlabeled": 448},
+    "ssl_slices": {"n_volumes": 8, "depth": 16},
+    "tcia": {"n_train": 16},
+}
+
 #: bundle -> (demo data kind, overrides); SimCLR is the issue's reference setting (ResNet-18, 96 px, batch 32)
 BUNDLES: dict[str, tuple[str, dict]] = {
     "simclr_cholec": ("cholec", {"backbone": "timm/resnet18", "image_size": 96, "batch_size": 32, "val_interval": 1000}),

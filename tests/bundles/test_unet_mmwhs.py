@@ -1,6 +1,7 @@
-"""unet_mmwhs: a format-2 encoder file's slice encoder (a test export, and a joint_ssl_3d run's) loads whole into the bundle's U-Net (1 input
-channel, RGB filters summed) and computes the pretrained features; the recipe's metrics count false
-positives and group slices into volumes by name; volume inference sees what training saw."""
+"""unet_mmwhs: a format-2 encoder file's slice encoder (a test export, and a joint_ssl_3d run's) loads whole
+into the bundle's U-Net (3 channels, or 1 with the RGB filters summed) and computes the pretrained features; the
+recipe's metrics count false positives and group slices into volumes by name; volume inference sees what training
+saw."""
 
 from __future__ import annotations
 
