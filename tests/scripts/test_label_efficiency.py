@@ -69,10 +69,19 @@ def _per_image(run_dir, metric) -> list[tuple[str, float]]:
         return [(Path(r["filename"]).name, float(r["mean"])) for r in csv.DictReader(f)]
 
 
-def _cells(summary: str, budgets, inits) -> dict:
-    """``{(budget, init): (mean, std)}`` parsed from summary.md's table."""
+def _cells(summary: str, budgets, inits, metric: str | None = None) -> dict:
+    """``{(budget, init): (mean, std)}`` parsed from summary.md's first table (the reported metric), or from the
+    table under the line ``<metric>:``."""
     out = {}
-    for line in summary.splitlines():
+    lines = summary.splitlines()
+    if metric is not None:
+        lines = lines[lines.index(f"{metric}:") + 1:]
+    started = False
+    for line in lines:
+        if line.startswith("|"):
+            started = True
+        elif started:
+            break  # the end of this table
         parts = [p.strip() for p in line.strip().strip("|").split("|")]
         if parts and parts[0] in [str(b) for b in budgets]:
             for init, cell in zip(inits, parts[-len(inits):]):
@@ -136,6 +145,15 @@ def check_sweep(res, out: Path, budgets, inits, seeds, test_metric, val_metric, 
             vals = np.array([float(r["test_value"]) for r in rows if r["budget"] == str(b) and r["init"] == i])
             std = vals.std(ddof=1) if len(vals) > 1 else 0.0
             assert cells[(str(b), i)] == pytest.approx((vals.mean(), std), abs=1e-4), (b, i, summary)
+    # every other metric the evaluate runs wrote: its own results.csv column and summary table
+    others = [k for k in rows[0] if k.startswith("test_") and k not in ("test_metric", "test_value", test_metric)]
+    for key in others:
+        cells = _cells(summary, budgets, inits, key)
+        for b in budgets:
+            for i in inits:
+                vals = np.array([float(r[key]) for r in rows if r["budget"] == str(b) and r["init"] == i])
+                std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+                assert cells[(str(b), i)] == pytest.approx((vals.mean(), std), abs=1e-4), (key, b, i)
 
     # the summary run: sweep params, per-cell stats, the three artifacts (= the files on disk)
     summary_run = runs[res["summary_run_id"]]
@@ -177,6 +195,7 @@ def test_sweep_tools(demo_data, tmp_path, encoder, one_thread):
     )
     summary = (out / "summary.md").read_text()
     assert "| perc | random | simclr |" in summary and "NOT held-out" not in summary
+    assert "test_mean_dice" in rows[0] and "test_mean_dice:" in summary  # every evaluate metric, not only IoU
     by_id = {r["run_id"]: r for r in rows}
     for run in runs.values():
         row, p = by_id[run.info.run_id], run.data.params
