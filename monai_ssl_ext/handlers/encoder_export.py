@@ -68,12 +68,15 @@ class EncoderExport:
             return
         self(engine)
 
+    def write(self, **header) -> str:
+        """Write the file with ``header`` (method, normalisation, epoch, ...); returns what was written, for the log."""
+        export_encoder(self.backbone, self.path, **header)
+        return f"{self.backbone.arch} encoder"
+
     def __call__(self, engine: Engine) -> None:
         if get_rank() != 0:
             return
-        export_encoder(
-            self.backbone,
-            self.path,
+        what = self.write(
             method=self.method,
             normalization=self.normalization,
             intensity_window=self.intensity_window or None,
@@ -82,4 +85,4 @@ class EncoderExport:
             **({"mlflow_run_id": run_id} if (run_id := mlflow_run_id(engine)) else {}),
         )
         self._written = (engine.state.epoch, engine.state.iteration)
-        self.logger.info(f"exported {self.backbone.arch} encoder (epoch {engine.state.epoch}) to {self.path}")
+        self.logger.info(f"exported {what} (epoch {engine.state.epoch}) to {self.path}")

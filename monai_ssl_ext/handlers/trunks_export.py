@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ignite.engine import Engine
-
-from ..distributed import get_rank
 from ..encoders import export_encoders
 from ..networks.backbones import Backbone
 from .encoder_export import EncoderExport
-from .tracking import mlflow_run_id
 
 __all__ = ["TrunksExport"]
 
@@ -37,19 +33,6 @@ class TrunksExport(EncoderExport):
         super().__init__(next(iter(trunks.values())), path, method, normalization, interval, intensity_window)
         self.trunks = dict(trunks)
 
-    def __call__(self, engine: Engine) -> None:
-        if get_rank() != 0:
-            return
-        export_encoders(
-            self.trunks,
-            self.path,
-            method=self.method,
-            normalization=self.normalization,
-            intensity_window=self.intensity_window or None,
-            epoch=engine.state.epoch,
-            iteration=engine.state.iteration,
-            **({"mlflow_run_id": run_id} if (run_id := mlflow_run_id(engine)) else {}),
-        )
-        self._written = (engine.state.epoch, engine.state.iteration)
-        names = ", ".join(f"{n} ({b.arch})" for n, b in self.trunks.items())
-        self.logger.info(f"exported trunks {names} (epoch {engine.state.epoch}) to {self.path}")
+    def write(self, **header) -> str:
+        export_encoders(self.trunks, self.path, **header)
+        return "trunks " + ", ".join(f"{n} ({b.arch})" for n, b in self.trunks.items())
