@@ -1,5 +1,5 @@
 """``python -m bench``: interleaved rounds of each SSL bundle's training through ``monai.bundle run``, a plain
-PyTorch loop over the same components and (SimCLR, when lightly is installed) lightly's loop; the augmentation
+PyTorch loop over the same components and (where lightly has the method and is installed) lightly's loop; the augmentation
 pipeline's items/s in one process (one DataLoader worker's share). Writes ``<out>/bench.json`` and
 ``<out>/bench.md``.
 
@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .loops import LIGHTLY
 from .settings import BUNDLES, COMMON, DATA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +33,15 @@ def _lightly_available() -> bool:
         return False
 
 
-def demo_data(kind: str, cache: Path) -> str:
-    """The bundle's demo data (made once, deterministic) under ``cache``."""
+def demo_data(kind: str, cache: Path, sizes: dict | None = None) -> str:
+    """The bundle's demo data (made once, deterministic) under ``cache``, with the generator arguments ``sizes``
+    (default :data:`bench.settings.DATA`)."""
     from monai_ssl_ext.demo import GENERATORS
 
     out = cache / kind
     if not (out / ".complete").is_file():
         out.mkdir(parents=True, exist_ok=True)
-        GENERATORS[kind](str(out), **DATA.get(kind, {}))
+        GENERATORS[kind](str(out), **(DATA.get(kind, {}) if sizes is None else sizes))
         (out / ".complete").write_text("")
     return str(out)
 
@@ -80,8 +82,12 @@ def main(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out: str 
 
 
 def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out: str = "bench/results",
-              threads: int | None = None, augment_items: int = 32, lightly: bool = True) -> dict:
-    """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``)."""
+              threads: int | None = None, augment_items: int = 32, lightly: bool = True,
+              overrides: dict | None = None, data: dict | None = None, cache: str | None = None) -> dict:
+    """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``).
+
+    ``overrides`` (config ids, every bundle and mode), ``data`` (demo data kind -> generator arguments, replacing
+    :data:`bench.settings.DATA`) and ``cache`` (folder of the demo data) shrink it, e.g. for a test."""
     names = list(BUNDLES) if bundles is None else [b.strip() for b in str(bundles).split(",") if b.strip()]
     unknown = [b for b in names if b not in BUNDLES]
     if unknown:
@@ -89,7 +95,7 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
     threads = int(threads or os.cpu_count() or 1)
     out_dir = ROOT / out
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = ROOT / "bench" / ".data"
+    cache = ROOT / "bench" / ".data" if cache is None else Path(cache)
     results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                            "cpus": os.cpu_count(), "torch_threads": threads,
                            "gpu": _gpu_name()},
@@ -99,14 +105,15 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
             kind, extra = BUNDLES[name]
             cfg = ROOT / "bundles" / name / "configs"
             configs = [str(cfg / "train.json"), str(cfg / "cpu_demo.json")]
-            base = {**COMMON, **extra, "dataset_dir": demo_data(kind, cache)}
-            modes = ["bundle", "plain"] + (["lightly"] if lightly and name == "simclr_cholec" and _lightly_available()
-                                           else [])
+            sizes = None if data is None else data.get(kind, {})
+            base = {**COMMON, **extra, **(overrides or {}), "dataset_dir": demo_data(kind, cache, sizes)}
+            modes = ["bundle", "plain"] + (["lightly"] if lightly and name in LIGHTLY and _lightly_available() else [])
             runs = {m: [] for m in modes}
             for r in range(rounds):
                 for mode in (modes if r % 2 == 0 else modes[::-1]):
                     root = Path(tmp) / f"{name}_{mode}_{r}"
-                    runs[mode].append(run_mode(mode, configs, {**base, "bundle_root": str(root)}, epochs, threads))
+                    loop = f"lightly:{name}" if mode == "lightly" else mode
+                    runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, epochs, threads))
             entry = {"settings": extra, "demo_data": kind, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}

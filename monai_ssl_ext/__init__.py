@@ -16,3 +16,4 @@ from . import workflow  # noqa: E402
 from . import preview  # noqa: E402
 from . import plots  # noqa: E402
 from . import mmwhs  # noqa: E402
+from . import seeding  # noqa: E402

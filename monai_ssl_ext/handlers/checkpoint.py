@@ -18,35 +18,13 @@ from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
 from ..io import atomic_save, check_writable, remove_stale_temps
+from ..seeding import transform_generators
 from ..utils import as_bool
 from .data_position import DataPosition, RecordedLoader
 
 __all__ = ["RNGState", "ResumableCheckpoint", "ResumeError"]
 
 SHOW_MISMATCHES = 5  # tensors listed in a resume error (the rest are counted)
-
-
-def _random_states(obj, seen=None, depth=0) -> list[np.random.RandomState]:
-    """Every ``numpy.random.RandomState`` reachable from a transform chain (MONAI's Randomizable
-    transforms keep one each in ``.R``), in a fixed order."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 12 or isinstance(obj, (str, bytes, int, float, torch.Tensor, np.ndarray)):
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, np.random.RandomState):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        items = list(obj)
-    elif isinstance(obj, dict):
-        items = list(obj.values())
-    elif hasattr(obj, "__dict__"):
-        items = list(vars(obj).values())
-    else:
-        return []
-    out = []
-    for item in items:
-        out.extend(_random_states(item, seen, depth + 1))
-    return out
 
 
 def _np_state(state) -> dict:
@@ -78,7 +56,7 @@ class RNGState:
             "torch": torch.get_rng_state(),
             "numpy": _np_state(np.random.get_state()),
             "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
-            "transforms": [_np_state(r.get_state()) for r in _random_states(self.transform)],
+            "transforms": [_np_state(r.get_state()) for r in transform_generators(self.transform)],
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -86,7 +64,7 @@ class RNGState:
 
     def load_state_dict(self, state: dict) -> None:
         # checked first: a refused state changes no generator
-        gens = _random_states(self.transform)
+        gens = transform_generators(self.transform)
         if len(gens) != len(state["transforms"]):
             raise RuntimeError(
                 f"checkpoint has {len(state['transforms'])} transform random states, the pipeline has {len(gens)}: "

@@ -41,12 +41,18 @@ class _RowFirstPILReader(PILReader):
     """``PILReader(reverse_indexing=False)`` whose ``spatial_shape`` metadata is ``(H, W)`` like
     the array (MONAI's is ``(W, H)`` whatever ``reverse_indexing`` says)."""
 
-    def __init__(self):
+    def __init__(self, uint8_only: bool = False):
         super().__init__(reverse_indexing=False)
+        self.uint8_only = uint8_only
 
     def get_data(self, img):
         data, meta = super().get_data(img)
         meta["spatial_shape"] = np.asarray(data.shape[:2])
+        if self.uint8_only:
+            if data.dtype != np.uint8:
+                raise ValueError(f"it holds {data.dtype} values (a 16-bit picture?), not 8-bit ones: convert it to "
+                                 "8 bits or load it as float32")
+            data = np.array(data)  # PIL's buffer is read-only; the float path copies when it casts
         return data, meta
 
 
@@ -60,14 +66,23 @@ class LoadPictured(CheckedLoadImaged):
     Here the reader keeps PIL's order, so ``spatial_size`` is ``[height, width]`` and the last
     axis is the horizontal one. Grey pictures get one channel, RGB three.
 
+    ``dtype="uint8"`` keeps 8-bit pictures as stored, for view augmentations that crop in uint8
+    before converting the (smaller) crop to float (:class:`~monai_ssl_ext.transforms.ViewAugment`);
+    a picture with more bits (a 16-bit PNG) is then refused, naming the file, never wrapped.
+
     Args:
         keys: keys of the picture paths.
+        dtype: ``"float32"`` (MONAI's default: 0-255 values as float) or ``"uint8"``.
         allow_missing_keys: skip keys absent from the item.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
-        super().__init__(keys, reader=_RowFirstPILReader(), image_only=True,
-                         ensure_channel_first=True, allow_missing_keys=allow_missing_keys)
+    def __init__(self, keys: KeysCollection, dtype: str = "float32", allow_missing_keys: bool = False):
+        if dtype not in ("float32", "uint8"):
+            raise ValueError(f"LoadPictured: dtype must be 'float32' or 'uint8', got {dtype!r}")
+        uint8 = dtype == "uint8"
+        super().__init__(keys, reader=_RowFirstPILReader(uint8_only=uint8), image_only=True,
+                         dtype=None if uint8 else np.float32, ensure_channel_first=True,
+                         allow_missing_keys=allow_missing_keys)
 
 
 def source_name(data: Mapping, key: Hashable) -> str:

@@ -64,3 +64,28 @@ def test_overlay_matches_input_orientation(tmp_path):
     assert mask.shape == (h, w)
     assert np.all(mask[:, :15] == 255) and np.all(mask[:, 15:] == 0)
     assert np.all(overlay[:, :15] == [0, 255, 0]) and np.all(overlay[:, 15:] == 0)
+
+
+def test_uint8_loading_keeps_pixels_and_orientation_and_refuses_16_bit(tmp_path):
+    """``dtype="uint8"`` (the SSL bundles' training path: crop in uint8, then float) gives the
+    float loader's pixels and orientation, the uint8 view equals the view of the [0, 1] float
+    picture up to the 8-bit rounding of the crop, and a 16-bit picture is refused by name."""
+    import monai_ssl_ext.transforms as T
+
+    _left_white(tmp_path / "p.png", 32, 32)
+    as_float = T.LoadPictured("image")({"image": str(tmp_path / "p.png")})["image"]
+    as_uint8 = T.LoadPictured("image", dtype="uint8")({"image": str(tmp_path / "p.png")})["image"]
+    assert as_uint8.dtype == torch.uint8 and torch.equal(as_uint8.float(), as_float.as_tensor())
+    kwargs = dict(size=16, scale=(1.0, 1.0), hflip_prob=1.0, jitter_prob=0.0, mean=(0.0,), std=(1.0,))
+    torch.manual_seed(0)
+    view8 = T.ViewAugment(**kwargs)(as_uint8)
+    torch.manual_seed(0)
+    viewf = T.ViewAugment(**kwargs)(as_float / 255.0)
+    assert view8.dtype == torch.float32 and (view8 - viewf).abs().max() <= 1 / 255 + 1e-6
+    assert view8[..., 10:].mean() > 0.9 and view8[..., :6].mean() < 0.1, "white must move to the right"
+
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(T.ImageReadError, match="deep.png"):
+        T.LoadPictured("image", dtype="uint8")({"image": str(tmp_path / "deep.png")})
+    with pytest.raises(ValueError, match="dtype"):
+        T.LoadPictured("image", dtype="int16")
