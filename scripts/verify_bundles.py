@@ -3,10 +3,27 @@
 Usage::
 
     python scripts/verify_bundles.py [--bundles_dir bundles] [--schema ../shared/schema/meta_schema_20240725.json] \\
-        [--names simclr_surgical,other]
+        [--names simclr_surgical,other] [--full] [--work_dir DIR] [--wheel False]
 
-Prints one line ``<bundle>: <problem>`` per problem and exits with status 1 if there is any
-(0 and a one-line summary otherwise). For each ``bundles/<name>/`` it checks:
+Prints one line ``<bundle>: <problem>`` per problem, then a status table, one row per bundle and one column per
+check (:data:`COLUMNS`: ``ok``, the problem, or ``skipped: <reason>``), and exits with status 1 if there is any
+problem (0 and a one-line summary otherwise). The columns:
+
+* ``metadata``: ``configs/metadata.json`` valid (schema, ``version`` in ``changelog``);
+* ``pins``: ``required_packages_version`` self-contained but for one pin
+  (:func:`monai_ssl_ext.sharing.pin_problems`);
+* ``rules``: every other static check below (files, configs, hygiene, glossary, published settings);
+* ``package`` (``--full``): the model-zoo zip (and, unless ``--wheel False``, the monai-ssl-ext wheel) builds
+  (:func:`monai_ssl_ext.sharing.package_bundle`, what ``scripts/package_bundle.py`` runs);
+* ``round trip`` (``--full``): the zip unpacked with ``python -m monai.bundle download --url file://...`` runs its
+  smoke ``train.json`` from the downloaded copy on the bundle's demo data (``scripts/make_demo_data.py``);
+* ``export`` (``--full``): ``configs/inference.json``'s ``network_def`` exports with ``monai.bundle.ckpt_export``
+  (scripted, or traced as ``metadata.json``'s ``torchscript`` says; its ``skip`` reason is reported as skipped).
+
+Without ``--full`` the three slow columns say ``skipped: --full``. Called from Python, :func:`main` prints the
+table only with ``table=True`` (the command line always does); :func:`report` returns the rows.
+
+The static checks, for each ``bundles/<name>/``:
 
 * the required files exist (:data:`REQUIRED_FILES`);
 * ``configs/metadata.json`` validates against the MONAI metadata JSON schema: the file given by
@@ -30,7 +47,8 @@ Prints one line ``<bundle>: <problem>`` per problem and exits with status 1 if t
   backticked JSON literal; every row must equal the raw (unresolved) value of that id in
   ``configs/train.json`` (numbers with tolerance 1e-12). An empty table is a problem.
 
-The checks are importable: :func:`verify_bundle` returns the list of problems of one bundle.
+The checks are importable: :func:`verify_bundle` returns the list of problems of one bundle,
+:func:`bundle_report` the status row of one bundle.
 """
 
 from __future__ import annotations
@@ -85,6 +103,9 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "init_weights": ("spec", "weight spec a pretraining run starts from (path, timm/<name>, null)"),
     "pretrained_encoder": ("spec", "weight spec a finetuning run loads (path to encoder.pt, timm/<name>, null)"),
     "resume": ("bool", "continue from ckpt_dir/checkpoint_last.pt"),
+    "checkpoint_interval": ("int", "epochs between writes of checkpoint_last.pt"),
+    "export_interval": ("int", "epochs between writes of encoder.pt (0: only at the end)"),
+    "label_budget": ("str|int", "labelled training items per class, or a named budget ('100%' = all)"),
     "val_interval": ("int", "epochs between validations"),
     "network_def": ("component", "the network (a _target_ component)"),
     "network": ("component|expr", "network_def on the device (DDP-wrapped in multi_gpu_train.json)"),
@@ -297,6 +318,7 @@ def _type_problem(kind: str, v) -> str | None:
         "int": lambda: isinstance(v, int) and not isinstance(v, bool),
         "int|null": lambda: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "str|null": lambda: v is None or isinstance(v, str),
+        "str|int": lambda: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)),
         "number": lambda: _num(v),
         "bool": lambda: isinstance(v, bool),
         "size": lambda: (isinstance(v, int) and not isinstance(v, bool)) or (
@@ -601,23 +623,182 @@ def verify_bundles(
     return results
 
 
-def main(bundles_dir: str | None = None, schema: str | None = None, names: str | None = None) -> None:
-    """CLI: print ``<bundle>: <problem>`` lines; exit 1 if there is any problem."""
+# -------------------------------------------------------------------------------- status report
+
+COLUMNS = ("metadata", "pins", "rules", "package", "round trip", "export")
+FULL_COLUMNS = ("package", "round trip", "export")
+OK = "ok"
+SKIPPED = "skipped: "
+MAX_CELL = 110  # characters of a table cell (the problem lines above the table hold the whole text)
+
+
+def is_failure(status: str) -> bool:
+    """A table cell that is neither ``ok ...`` nor ``skipped: ...``."""
+    return not (status == OK or status.startswith(OK + " (") or status.startswith(SKIPPED))
+
+
+def _status(problems: list[str]) -> str:
+    return OK if not problems else "; ".join(problems)
+
+
+def _error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".strip()
+
+
+_DEMO: dict[tuple[str, str], str] = {}
+
+
+def _demo_data(kind: str, work: Path) -> str:
+    """The demo data of ``kind`` (``scripts/make_demo_data.py``), made once per work folder."""
+    key = (kind, str(work))
+    if key not in _DEMO:
+        scripts = str(Path(__file__).resolve().parent)
+        if scripts not in sys.path:
+            sys.path.insert(0, scripts)
+        import make_demo_data
+
+        out = work / "demo_data" / kind
+        getattr(make_demo_data, kind)(out_dir=str(out))
+        _DEMO[key] = str(out)
+    return _DEMO[key]
+
+
+def bundle_report(bundle_dir: str | os.PathLike, schema: str | os.PathLike | dict | None = None, full: bool = False,
+                  work_dir: str | os.PathLike | None = None, wheel: bool = True,
+                  problems: list[str] | None = None) -> dict[str, str]:
+    """``{column: status}`` of one bundle (:data:`COLUMNS`); the slow columns only with ``full`` (outputs under
+    ``work_dir``, a temporary folder if None). ``problems``: the bundle's :func:`verify_bundle` problems when
+    already known."""
+    _ensure_project_importable()
+    from monai_ssl_ext import sharing
+
+    bundle = Path(bundle_dir)
+    row: dict[str, str] = {}
+    meta_problems = [p for p in (f"missing required file {r}" for r in REQUIRED_FILES if r == "configs/metadata.json"
+                                 and not (bundle / r).is_file())] + _check_metadata(bundle, schema)
+    row["metadata"] = _status(meta_problems)
+    try:
+        row["pins"] = _status(sharing.pin_problems(bundle))
+    except Exception as e:  # no metadata, unreadable pins
+        row["pins"] = _error(e)
+    static = verify_bundle(bundle, schema=schema) if problems is None else problems
+    row["rules"] = _status([p for p in static if p not in meta_problems])
+    if not full:
+        row.update({c: SKIPPED + "--full" for c in FULL_COLUMNS})
+        return row
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="verify_bundles_") as tmp:
+            return bundle_report(bundle, schema, full, tmp, wheel, problems)
+    work = Path(work_dir) / bundle.name
+    zip_path = None
+    try:
+        zip_path = sharing.package_bundle(bundle, work / "dist", wheel=wheel)["zip"]
+        row["package"] = OK + (" (zip + wheel)" if wheel else " (zip)")
+    except Exception as e:
+        row["package"] = _error(e)
+    dataset_dir = None
+    try:
+        from monai_ssl_ext.workflow import smoke_settings
+
+        dataset_dir = _demo_data(smoke_settings(bundle, ["train.json"])["demo_data"], Path(work_dir))
+    except Exception as e:
+        row["round trip"] = f"no demo data: {_error(e)}"
+    if zip_path is None:
+        row["round trip"] = SKIPPED + "the package did not build"
+    elif dataset_dir is not None:
+        try:
+            sharing.round_trip(bundle, work / "round_trip", dataset_dir, zip_path=zip_path)
+            row["round trip"] = OK
+        except Exception as e:
+            row["round trip"] = _error(e)
+    try:
+        how = sharing.export_status(bundle, work / "export", dataset_dir)
+        row["export"] = how if how.startswith(SKIPPED) else f"{OK} ({how})"
+    except Exception as e:
+        row["export"] = _error(e)
+    return row
+
+
+def _ensure_project_importable() -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run from a checkout without installing the package
+        sys.path.insert(0, root)
+
+
+def report(
+    bundles_dir: str | os.PathLike | None = None,
+    schema: str | os.PathLike | None = None,
+    names: str | Iterable[str] | None = None,
+    full: bool = False,
+    work_dir: str | os.PathLike | None = None,
+    wheel: bool = True,
+    problems: dict[str, list[str]] | None = None,
+) -> dict[str, dict[str, str]]:
+    """``{bundle: {column: status}}`` for the bundles in ``bundles_dir`` (all, or the given names);
+    ``problems``: :func:`verify_bundles`' result when already known."""
+    root = Path(bundles_dir) if bundles_dir is not None else DEFAULT_BUNDLES_DIR
+    available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))) \
+        if root.is_dir() else []
+    wanted = [n for n in (_names(names) or available) if n in available]
+    problems = problems or {}
+    if full and work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="verify_bundles_") as tmp:
+            return {n: bundle_report(root / n, schema, full, tmp, wheel, problems.get(n)) for n in wanted}
+    return {n: bundle_report(root / n, schema, full, work_dir, wheel, problems.get(n)) for n in wanted}
+
+
+def format_table(rows: dict[str, dict[str, str]]) -> str:
+    """The status rows as a markdown table (cells shortened to :data:`MAX_CELL` characters)."""
+
+    def cell(text: str) -> str:
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+    lines = ["| bundle | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(row.get(c, "")) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(bundles_dir: str | None = None, schema: str | None = None, names: str | None = None, full: bool = False,
+         table: bool = False, work_dir: str | None = None, wheel: bool = True) -> None:
+    """CLI: print ``<bundle>: <problem>`` lines (and, with ``table``, the status table); exit 1 if there is any
+    problem. ``full`` adds the package, round-trip and export checks (and implies the table)."""
     results = verify_bundles(bundles_dir, schema=schema, names=names)
+    checked = [n for n in results if n != "<bundles>"]
+    rows = report(bundles_dir, schema, checked, full, work_dir, wheel, results) if (table or full) and checked else {}
     n_problems = 0
     for name, problems in results.items():
         for p in problems:
             print(f"{name}: {p}")
         n_problems += len(problems)
-    checked = [n for n in results if n != "<bundles>"]
+    for name, row in rows.items():  # the slow checks' problems (the static ones are the lines above)
+        for column in FULL_COLUMNS:
+            if is_failure(row[column]):
+                print(f"{name}: {column}: {row[column]}")
+                n_problems += 1
+        if is_failure(row["pins"]):  # not a static problem of verify_bundle
+            print(f"{name}: pins: {row['pins']}")
+            n_problems += 1
+    if rows:
+        print()
+        print(format_table(rows))
+        print()
     if n_problems:
-        bad = sum(1 for n, p in results.items() if p and n != "<bundles>")
+        bad = sum(1 for n in checked if results.get(n) or any(is_failure(v) for v in rows.get(n, {}).values()))
         print(f"{n_problems} problem(s); {bad} of {len(checked)} bundle(s) failed", file=sys.stderr)
         sys.exit(1)
     print(f"OK: {len(checked)} bundle(s) verified: {', '.join(checked)}")
 
 
+def cli(bundles_dir: str | None = None, schema: str | None = None, names: str | None = None, full: bool = False,
+        work_dir: str | None = None, wheel: bool = True) -> None:
+    """The command line: :func:`main` with the status table."""
+    main(bundles_dir, schema, names, full=full, table=True, work_dir=work_dir, wheel=wheel)
+
+
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(main)
+    fire.Fire(cli)

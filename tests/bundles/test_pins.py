@@ -6,7 +6,6 @@ listed package is one the project installs, at a version its ``pyproject.toml`` 
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -16,44 +15,12 @@ from packaging.requirements import Requirement
 
 import monai_ssl_ext
 from conftest import BUNDLES, ROOT
+from monai_ssl_ext.sharing import configs_text, needed_packages
 
 IDS = [b.name for b in BUNDLES]
 
-#: top-level module named in a config -> the distribution that provides it (torch, monai and numpy have their own
-#: metadata fields; os, math, ... are the standard library)
-MODULE_DISTRIBUTIONS = {
-    "ignite": "pytorch-ignite", "timm": "timm", "torchvision": "torchvision", "nibabel": "nibabel", "PIL": "pillow",
-    "einops": "einops", "mlflow": "mlflow-skinny", "monai_ssl_ext": "monai-ssl-ext",
-}
-#: what a config names -> the distribution it needs although no import is written: (pattern, distribution, why)
-NEEDS = [
-    (r'"timm/|timm\.', "timm", "a timm trunk"),
-    (r'"LoadVolumed"|"LoadSliced"|"CheckedLoadImaged"|\.nii', "nibabel", "NIfTI files"),
-    (r'"LoadPictured"|"OverlayWriter"|\.png|\.jpe?g', "pillow", "pictures"),
-    (r'"(backbone|arch)": "vit"|"UNETR"|"ViTAutoEncoderSSL"|"MAE"|"ViT"', "einops", "MONAI's ViT patch embedding"),
-    (r'"SupervisedTrainer"|"SSLTrainer"|"SupervisedEvaluator"|"StatsHandler"', "pytorch-ignite", "MONAI's engines"),
-]
-
-
 def _metadata(bundle: Path) -> dict:
     return json.loads((bundle / "configs" / "metadata.json").read_text())
-
-
-def _configs_text(bundle: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted((bundle / "configs").glob("*.json")) if p.name != "metadata.json")
-
-
-def _needed(text: str) -> dict[str, str]:
-    """distribution -> why, for one bundle's configs."""
-    out: dict[str, str] = {}
-    for module in re.findall(r'"\$(?:import|from) ([A-Za-z_]\w*)', text) + re.findall(
-            r'"_target_": "([A-Za-z_]\w*)\.', text) + re.findall(r'\$[^"]*?\b([A-Za-z_]\w*)\.\w', text):
-        if module in MODULE_DISTRIBUTIONS:
-            out.setdefault(MODULE_DISTRIBUTIONS[module], f"imports {module}")
-    for pattern, dist, why in NEEDS:
-        if re.search(pattern, text):
-            out.setdefault(dist, why)
-    return out
 
 
 def _project_requirements() -> dict[str, Requirement]:
@@ -78,7 +45,7 @@ def test_monai_ssl_ext_pinned_at_the_installed_version(bundle):
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_every_needed_package_is_listed(bundle):
     pins = _metadata(bundle)["required_packages_version"]
-    missing = {d: why for d, why in _needed(_configs_text(bundle)).items() if d not in pins}
+    missing = {d: why for d, why in needed_packages(configs_text(bundle)).items() if d not in pins}
     assert not missing, f"{bundle.name}: required_packages_version lacks {missing}"
 
 
@@ -96,9 +63,9 @@ def test_listed_packages_are_installed_by_the_project(bundle):
 
 def test_the_rules_see_what_they_look_for():
     """The detection itself, on config snippets (a rule that matches nothing would pass every bundle)."""
-    assert _needed('{"backbone": "timm/resnet50"}') == {"timm": "a timm trunk"}
-    assert set(_needed('{"_target_": "LoadVolumed", "keys": "image"}')) == {"nibabel"}
-    assert set(_needed('{"x": "$import ignite.distributed as idist"}')) == {"pytorch-ignite"}
-    assert set(_needed('{"_target_": "torchvision.ops.nms"}')) == {"torchvision"}
-    assert set(_needed('{"x": "$monai_ssl_ext.data.load_datalist(@a)"}')) == {"monai-ssl-ext"}
-    assert _needed('{"_target_": "torch.optim.Adam", "x": "$os.path.join(@a)"}') == {}
+    assert needed_packages('{"backbone": "timm/resnet50"}') == {"timm": "a timm trunk"}
+    assert set(needed_packages('{"_target_": "LoadVolumed", "keys": "image"}')) == {"nibabel"}
+    assert set(needed_packages('{"x": "$import ignite.distributed as idist"}')) == {"pytorch-ignite"}
+    assert set(needed_packages('{"_target_": "torchvision.ops.nms"}')) == {"torchvision"}
+    assert set(needed_packages('{"x": "$monai_ssl_ext.data.load_datalist(@a)"}')) == {"monai-ssl-ext"}
+    assert needed_packages('{"_target_": "torch.optim.Adam", "x": "$os.path.join(@a)"}') == {}

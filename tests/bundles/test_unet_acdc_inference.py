@@ -1,7 +1,8 @@
 """unet_acdc's inference.json: every test volume is segmented slice by slice (MONAI's SliceInferer over the third
 axis) and written as a NIfTI label map on the input's grid. The reference here is the other path through the
 bundle — each slice loaded on its own as training and validation load it (LoadSliced), normalised, padded, argmax
-of the same network, cropped back — so an axis swapped, a flip or a padding left in place shows as a difference."""
+of the same network, cropped back — so an axis swapped, a flip or a padding left in place shows as a difference.
+The inference run is tracked with ``--tracking mlflow`` like every other inference config."""
 
 from __future__ import annotations
 
@@ -17,6 +18,26 @@ from monai_ssl_ext.workflow import run_bundle
 BUNDLE = ROOT / "bundles" / "unet_acdc"
 
 
+def _assert_tracked(parser) -> None:
+    """``--tracking mlflow`` attaches to the inference evaluator (MONAI's ids ``evaluator`` / ``handlers``): one run
+    with the config, the run parameters and the overlay pictures."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=parser.get_parsed_content("tracking_uri"))
+    exp = client.get_experiment_by_name(parser.get_parsed_content("experiment_name"))
+    assert exp is not None, "unet_acdc inference opened no MLflow run (is its evaluator MONAI's `evaluator` id?)"
+    (run,) = client.search_runs([exp.experiment_id])
+
+    def walk(path=None):
+        for a in client.list_artifacts(run.info.run_id, path):
+            yield from walk(a.path) if a.is_dir else [a.path]
+
+    artifacts = list(walk())
+    assert any(a.startswith("config_") and a.endswith(".json") for a in artifacts), artifacts
+    assert any(a.endswith("_overlay_axis2.png") for a in artifacts), artifacts
+    assert run.data.params["backbone"] == "timm/resnet18" and run.info.run_name.startswith("unet_acdc")
+
+
 def test_inference_writes_label_volumes_matching_slicewise_prediction(demo_data, tmp_path):
     from monai.transforms import DivisiblePad
 
@@ -25,8 +46,9 @@ def test_inference_writes_label_volumes_matching_slicewise_prediction(demo_data,
     data = demo_data("acdc")
     overrides = {"bundle_root": str(tmp_path), "dataset_dir": data, "pretrained_encoder": None}
     trained = run_bundle(BUNDLE, ["train.json"], overrides, smoke=True)
-    res = run_bundle(BUNDLE, ["train.json", "inference.json"], overrides, smoke=True)
+    res = run_bundle(BUNDLE, ["train.json", "inference.json"], overrides, tracking="mlflow", smoke=True)
     parser = res["parser"]
+    _assert_tracked(parser)
     net = parser.get_parsed_content("network_def").eval()
     net.load_state_dict(torch.load(Path(trained["output_dir"]) / "models" / "model.pt", weights_only=True))
     norm = parser.get_parsed_content("normalization")
