@@ -181,11 +181,8 @@ def finetune(data_dir: str | os.PathLike, out_dir: str | os.PathLike, encoders: 
     from monai_ssl_ext.sweep import sweep
 
     data, out = Path(data_dir).resolve(), Path(out_dir).resolve()
-    # SimCLR's encoder was trained on inputs normalised with mean 0.5 / std 0.5 (its header says so)
-    inits = {"random": None,
-             "simclr": {"pretrained_encoder": encoders["simclr"],
-                        "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
-             "mocov3": encoders["mocov3"]}
+    # each encoder's input normalisation comes from its header (SimCLR 0.5 / 0.5, MoCo v3 ImageNet)
+    inits = {"random": None, "simclr": encoders["simclr"], "mocov3": encoders["mocov3"]}
     return sweep(bundle="gie_classification", budgets=settings["budgets"], inits=inits, seeds=settings["seeds"],
                  out_dir=str(out / "finetune"), budget_label="labelled training slices per class",
                  dataset_dir=str(data), split_file=str(data / "split.json"), backbone=settings["backbone"],
