@@ -88,7 +88,11 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
 
     ``overrides`` (config ids, every bundle and mode), ``data`` (demo data kind -> generator arguments, replacing
     :data:`bench.settings.DATA`) and ``cache`` (folder of the demo data) shrink it, e.g. for a test."""
-    names = list(BUNDLES) if bundles is None else [b.strip() for b in str(bundles).split(",") if b.strip()]
+    if bundles is None:
+        names = list(BUNDLES)
+    else:  # "a,b" on the command line reaches here as a tuple (fire), or as a string
+        names = [b.strip() for b in (bundles if isinstance(bundles, (list, tuple)) else str(bundles).split(","))
+                 if str(b).strip()]
     unknown = [b for b in names if b not in BUNDLES]
     if unknown:
         raise ValueError(f"no bench settings for {unknown}; known: {sorted(BUNDLES)}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "MAX_FILE_BYTES", "bundle_files", "download_bundle", "export_status", "needed_packages", "package_bundle",
-    "pin_problems", "round_trip", "with_encoder",
+    "pin_problems", "round_trip", "with_encoder", "with_trunks",
 ]
 
 #: the MONAI model zoo's limit for a file in a bundle (larger weights go through large_files.yml)
@@ -99,6 +99,15 @@ def with_encoder(network, weights, trunk: str | None = None):
     from .encoders import load_encoder
 
     network.load_report = load_encoder(network, weights, convert_channels=True, trunk=trunk)
+    return network
+
+
+def with_trunks(network, weights, names):
+    """``network`` whose sub-modules ``names`` (e.g. the joint 2D-3D encoder's ``slice_encoder`` and
+    ``slice_transformer``) are loaded from the trunks of those names in the encoder file ``weights``, each as
+    :func:`with_encoder` loads one; the load reports are kept as ``network.load_reports``."""
+    network.load_reports = {name: with_encoder(getattr(network, name), weights, trunk=name).load_report
+                            for name in names}
     return network
 
 

@@ -333,8 +333,8 @@ def _weights_trunk(spec, name: str) -> str | None:
 
 
 def joint_volume_encoder(backbone: str = "timm/resnet50", init_weights: str | None = None,
-                         init_transformer: str | None = None, in_channels: int = 3, **transformer_params
-                         ) -> JointVolumeEncoder:
+                         init_transformer: str | None = None, in_channels: int = 3, weights_later: bool = False,
+                         **transformer_params) -> JointVolumeEncoder:
     """The :class:`JointVolumeEncoder` of the bundle configs.
 
     Args:
@@ -345,6 +345,8 @@ def joint_volume_encoder(backbone: str = "timm/resnet50", init_weights: str | No
         init_transformer: weight spec of the slice transformer (the stage-(a) ``encoder.pt``, its
             ``slice_transformer`` trunk; its architecture parameters must equal ``transformer_params``) or null.
         in_channels: slice channels (3: the grey slice repeated).
+        weights_later: the weights are loaded after construction (an inference config's architecture-only
+            ``network_def``, :func:`monai_ssl_ext.sharing.with_trunks`): no warning about random initialisation.
         transformer_params: :data:`SLICE_TRANSFORMER_DEFAULTS` overrides (``d_model``, ``num_layers`` ...).
     """
     from ..encoders import is_random_init, pretrained_backbone
@@ -354,7 +356,7 @@ def joint_volume_encoder(backbone: str = "timm/resnet50", init_weights: str | No
     if unknown:
         raise ValueError(f"joint_volume_encoder: unknown transformer parameters {sorted(unknown)}; "
                          f"known: {sorted(SLICE_TRANSFORMER_DEFAULTS)}")
-    if is_random_init(init_weights):
+    if is_random_init(init_weights) and not weights_later:
         logger.warning("joint 2D-3D: slice encoder %s randomly initialised (init_weights is null): give the stage-1 "
                        "encoder.pt of swav_slices / deepclusterv2_slices for a real run", backbone)
     encoder = pretrained_backbone(backbone, init_weights, spatial_dims=2, in_channels=in_channels,
@@ -363,7 +365,8 @@ def joint_volume_encoder(backbone: str = "timm/resnet50", init_weights: str | No
         unit_init_residual(encoder)  # the source's ResNet keeps PyTorch's BatchNorm init (timm zeroes the last BN)
     params = {**SLICE_TRANSFORMER_DEFAULTS, **transformer_params}
     if is_random_init(init_transformer):
-        logger.info("joint 2D-3D: slice transformer randomly initialised (init_transformer is null)")
+        if not weights_later:
+            logger.info("joint 2D-3D: slice transformer randomly initialised (init_transformer is null)")
         trunk_name = None
     else:
         trunk_name = _weights_trunk(init_transformer, "slice_transformer")

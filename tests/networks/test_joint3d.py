@@ -318,3 +318,28 @@ def test_grey_volumes_must_be_repeated_to_the_encoder_channels():
         _encoder()(torch.rand(1, 1, 4, 32, 32))
     with pytest.raises(ValueError, match="B x C x D x H x W"):
         _encoder()(torch.rand(1, 3, 32, 32))
+
+
+def test_inference_architecture_loads_both_trunks_and_refuses_another(tmp_path, caplog):
+    """joint_ssl_3d's inference.json: an architecture-only encoder (no warning about random weights) into which
+    with_trunks loads both trunks of the exported file computes the trained encoder's volume embedding; a
+    transformer of another size is refused, naming the trunk."""
+    import logging
+
+    from monai_ssl_ext.encoders import EncoderLoadError
+    from monai_ssl_ext.sharing import with_trunks
+
+    model = _encoder(seed=4)
+    path = _export(tmp_path, model)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        arch = joint_volume_encoder("timm/resnet18", weights_later=True, **SMALL).eval()
+    assert "randomly initialised" not in caplog.text
+    loaded = with_trunks(arch, path, ["slice_encoder", "slice_transformer"])
+    assert loaded is arch and all(r.ok for r in arch.load_reports.values())
+    vol = torch.rand(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (arch(vol) - model(vol)).abs().max() <= 1e-5
+    other = joint_volume_encoder("timm/resnet18", weights_later=True, **{**SMALL, "d_model": 48, "num_heads": 4})
+    with pytest.raises(EncoderLoadError, match="slice_transformer|d_model"):
+        with_trunks(other, path, ["slice_encoder", "slice_transformer"])
