@@ -16,16 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
 __all__ = [
+    "BackgroundWriter",
     "OutputNotWritableError",
     "atomic_save",
     "atomic_write",
     "atomic_write_text",
     "check_writable",
     "remove_stale_temps",
+    "snapshot",
     "temp_path",
 ]
 
@@ -178,3 +181,53 @@ def check_writable(path: str | os.PathLike, what: str = "output", hint: str = ""
         raise OutputNotWritableError(
             f"cannot write the {what} {path}: the folder {folder} is not writable ({e.strerror or e}){suffix}"
         ) from e
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a (nested dict / list / tuple) state whose tensors are cloned: what a background write may save
+    while training goes on changing the originals in place."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return type(obj)((k, snapshot(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes files on a background thread, so that training does not wait for the disk (the ``fsync`` of a
+    checkpoint of a few hundred MB takes up to a second). One write at a time: :meth:`submit` first waits for the
+    previous one, so memory holds at most one snapshot. A failed write is logged when it fails and raised again by
+    the next :meth:`submit` or :meth:`wait`. The thread is not a daemon: a process that ends, or fails, finishes the
+    write first; a killed one leaves the temp file of an atomic write and the previous file intact."""
+
+    def __init__(self, name: str = "monai_ssl_ext.BackgroundWriter") -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.logger = logging.getLogger(name)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the writer thread, after the previous write has finished."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - kept and raised in the training thread
+                self.logger.error(f"background write failed: {type(e).__name__}: {e}")
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="monai_ssl_ext-writer", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Wait for the write in flight; raise its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

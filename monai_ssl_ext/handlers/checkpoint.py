@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..distributed import get_rank
-from ..io import atomic_save, check_writable, remove_stale_temps
+from ..io import BackgroundWriter, atomic_save, check_writable, remove_stale_temps, snapshot
 from ..seeding import transform_generators
 from ..utils import as_bool
 from .data_position import DataPosition, RecordedLoader
@@ -211,10 +211,12 @@ class ResumableCheckpoint:
         self.interval = int(interval)
         self.resume = as_bool(resume, "resume")
         self.logger = logging.getLogger("monai_ssl_ext.ResumableCheckpoint")
+        self.writer = BackgroundWriter("monai_ssl_ext.ResumableCheckpoint")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.STARTED, self._register_save)
+        engine.add_event_handler(Events.COMPLETED, self.wait)
 
     def start(self, engine: Engine) -> None:
         """Before the first iteration: (rank 0, which writes) remove the temp files killed writes
@@ -238,9 +240,15 @@ class ResumableCheckpoint:
 
     def _save_every(self, engine: Engine) -> None:
         if engine.state.epoch % self.interval == 0:
-            self.save(engine)
+            self.save(engine, background=True)
 
-    def save(self, engine: Engine) -> None:
+    def wait(self, engine: Engine | None = None) -> None:
+        """Wait for the epoch-end checkpoint being written (at the end of the run); raise if it failed."""
+        self.writer.wait()
+
+    def save(self, engine: Engine, background: bool = False) -> None:
+        """Write the checkpoint now; with ``background`` (the epoch-end saves) a snapshot of the state is written
+        by :class:`~monai_ssl_ext.io.BackgroundWriter` while training goes on (the run waits for it to end)."""
         if get_rank() != 0:
             return
         payload = {k: v.state_dict() for k, v in self.save_dict.items()}
@@ -252,7 +260,11 @@ class ResumableCheckpoint:
         scaler = _amp_scaler(engine)
         if scaler is not None:
             payload["amp_scaler"] = scaler.state_dict()
-        atomic_save(payload, self.path)
+        if background:
+            self.writer.submit(atomic_save, snapshot(payload), self.path)
+        else:
+            self.writer.wait()  # an older background write must not land after this one
+            atomic_save(payload, self.path)
 
     def _best_state(self) -> dict:
         state: dict = {}
