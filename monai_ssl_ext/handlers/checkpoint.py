@@ -226,6 +226,7 @@ class ResumableCheckpoint:
             remove_stale_temps(self.path, self.logger)
             check_writable(self.path, "checkpoint",
                            hint="make the folder writable or set another `ckpt_dir` (nothing was trained)")
+        self.writer.wait()  # a write left by an earlier run of this handler lands before anything is read
         if self.resume:
             self.load(engine)
         if engine.state.dataloader is not None and not isinstance(engine.state.dataloader, RecordedLoader):
