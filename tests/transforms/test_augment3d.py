@@ -239,6 +239,7 @@ def test_resumed_3d_pretraining_run_continues_exactly(demo_data, tmp_path):
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
+    from monai_ssl_ext.handlers import ResumableCheckpoint
     from monai_ssl_ext.workflow import config_path, smoke_files, smoke_settings
 
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "byol_acdc"
@@ -255,7 +256,10 @@ def test_resumed_3d_pretraining_run_continues_exactly(demo_data, tmp_path):
         trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output[0]["loss"])))
         ckpt = Path(wf.parser.get_parsed_content("ckpt_dir"))
         if copy_to is not None:  # the state a run killed during epoch 2 leaves behind
+            saver = next(h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, ResumableCheckpoint))
+
             def keep(engine):
+                saver.wait()  # the epoch-1 checkpoint is written in the background: once it has landed
                 target = copy_to / ckpt.relative_to(root)
                 os.makedirs(target, exist_ok=True)
                 shutil.copy(ckpt / "checkpoint_last.pt", target / "checkpoint_last.pt")
