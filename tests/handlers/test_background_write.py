@@ -50,7 +50,16 @@ def _trainer(model, optimizer):
     return Engine(step)
 
 
-def test_run_returns_with_the_last_epoch_on_disk_and_sync_save_wins(tmp_path):
+def test_run_returns_with_the_last_epoch_on_disk_and_sync_save_wins(tmp_path, monkeypatch):
+    import time
+
+    import monai_ssl_ext.handlers.checkpoint as checkpoint
+
+    def slow_save(obj, path):  # a slow disk: without the wait at the end, the run would return first
+        time.sleep(0.3)
+        atomic_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", slow_save)
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
