@@ -3,16 +3,23 @@
 * ``bundle``: the configs as ``python -m monai.bundle run`` runs them (MONAI's ``ConfigWorkflow``: initialize, then
   ``run``, i.e. the SSL trainer with every handler), timed around the run;
 * ``plain``: the bundle's own parsed components (train data loader with its augmentations, network, optimizer,
-  learning-rate schedule, SSL loss, the trainer's batch preparation) in a bare PyTorch loop: no ignite engine,
-  no handlers (so no EMA target update, checkpoint, export, logging) -- what the bundle machinery costs;
+  SSL loss, the trainer's batch preparation) in a bare PyTorch loop, with the training rules among its handlers
+  (:data:`TRAINING_RULES`: learning-rate schedule, EMA target update, prototype freeze, queue start, cluster
+  memory) fired at the trainer's events; no ignite engine run, no other handler (checkpoint, export, validation,
+  monitors, logging) -- what the bundle machinery costs;
 * ``lightly:<bundle>``: where lightly has the method (:data:`LIGHTLY`), the same network and optimizer with
-  lightly's loss, augmentations (on PIL pictures) and momentum update over the same items: SimCLR
+  lightly's loss, augmentations (on PIL pictures) and update rules over the same items: SimCLR
   (``NTXentLoss``, ``SimCLRTransform`` with the bundle's crop size, jitter, blur and normalisation), MoCo v3
-  (``BYOLTransform`` views, ``NTXentLoss`` on both query/key pairs) and BYOL (``NegativeCosineSimilarity``,
-  ``BYOLTransform`` views of 8-bit grey slices).
+  (``BYOLTransform`` views, ``NTXentLoss`` on both query/key pairs), BYOL (``NegativeCosineSimilarity``,
+  ``BYOLTransform`` views of 8-bit grey slices), Barlow Twins (``BarlowTwinsLoss``, ``BYOLTransform`` views with the
+  bundle's settings), SwAV (``SwaVLoss``, ``SwaVTransform`` multi-crop, lightly's prototype normalisation and
+  freeze; the bundle network's own queue) and MAE (``MAETransform`` views, the bundle network's own masking,
+  lightly's ``patchify`` / ``normalize_mean_var`` + MSE on the masked patches). Each loop's docstring says what is
+  lightly's and what is the bundle's.
 
-Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb"}``; a sample is one
-item (all its views).
+Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
+"loss_last"}`` (the first and last step's loss); a sample is one network input (all its views): one item, or one
+crop of an item where the bundle draws several (``vitautoenc_ct``).
 """
 
 from __future__ import annotations
@@ -36,56 +43,121 @@ def _parser(configs: list[str], overrides: dict):
     return parser
 
 
-def _report(seconds: float, samples: int, steps: int) -> None:
+def _report(seconds: float, samples: int, steps: int, losses: list[float] | None = None) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "samples": samples, "steps": steps,
-                      "samples_per_s": samples / seconds, "peak_rss_mb": peak}))
+    out = {"seconds": seconds, "samples": samples, "steps": steps, "samples_per_s": samples / seconds,
+           "peak_rss_mb": peak}
+    if losses:  # the loss of the first and of the last step (a check that the loop trains on something)
+        out.update(loss_first=losses[0], loss_last=losses[-1])
+    print(json.dumps(out))
 
 
 def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
-    """``python -m monai.bundle run`` in-process for ``epochs`` epochs."""
+    """``python -m monai.bundle run`` in-process for ``epochs`` epochs. The samples are counted from the batches
+    (the first view's rows, as the other modes count network inputs: a bundle that draws several crops per item,
+    ``RandSpatialCropSamplesd``, has more rows than ``batch_size``), with each step's loss, by one
+    ``ITERATION_COMPLETED`` handler."""
+    from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(config_file=configs, workflow_type=None, **{**overrides, "epochs": epochs})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
+    rows, losses = [], []
+
+    def count(engine) -> None:
+        batch = engine.state.batch  # MONAI decollates it into one dict per row (decollate=True) or leaves it a dict
+        rows.append(len(batch) if isinstance(batch, (list, tuple)) else len(batch[trainer.view_keys[0]]))
+        output = engine.state.output  # decollated too: every row carries the batch's loss
+        losses.append(float((output[0] if isinstance(output, (list, tuple)) else output)["loss"]))
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
     start = time.perf_counter()
     workflow.run()
     seconds = time.perf_counter() - start
-    steps = trainer.state.iteration
-    _report(seconds, steps * trainer.data_loader.batch_size, steps)
+    _report(seconds, sum(rows), trainer.state.iteration, losses)
+
+
+#: the training rules among a bundle's ``train#handlers`` (class names): the learning-rate schedule (per iteration or
+#: per epoch, as the bundle's ``LrScheduleHandler`` says), the momentum target update (BYOL, MoCo v3), the prototype
+#: freeze and queue start (SwAV), the cluster memory (DeepCluster-v2, the joint 2D-3D method: without it the memory
+#: bank is empty and the loss has no target). The plain loop runs them; every other handler (checkpoint, export,
+#: validation, kNN monitor, logging, progress, NaN guard, tracking) is the bundle machinery it leaves out.
+TRAINING_RULES = ("LrScheduleHandler", "EMATargetUpdate", "FreezePrototypes", "QueueStart", "ClusterMemory")
+
+
+def _training_rules(parser, trainer, loader, epochs: int):
+    """The bundle's :data:`TRAINING_RULES` handlers attached to a bare ignite ``Engine`` that is never run, only used to
+    fire the engine's events at the plain loop's matching points (so each rule runs where it would in the trainer,
+    with the counters it reads: epoch, iteration, epoch length, the run's epochs); None when the bundle has none."""
+    from ignite.engine import Engine
+    from monai.engines.utils import IterationEvents
+
+    rules = [h for h in parser.get_parsed_content("train#handlers") if type(h).__name__ in TRAINING_RULES]
+    if not rules:
+        return None
+    hub = Engine(lambda engine, batch: None)
+    hub.register_events(*IterationEvents)
+    # what the rules read from the engine: the trainer's loader, batch preparation, device and accumulation
+    hub.data_loader, hub.prepare_batch = loader, trainer.prepare_batch
+    hub.accumulation_steps = getattr(trainer, "accumulation_steps", 1)
+    hub.state.device, hub.state.max_epochs, hub.state.epoch_length = trainer.state.device, epochs, len(loader)
+    hub.state.epoch = hub.state.iteration = 0
+    for rule in rules:
+        rule.attach(hub)
+    return hub
 
 
 def plain(configs: list[str], overrides: dict, epochs: int) -> None:
-    """The bundle's components in a bare loop over ``epochs`` whole epochs."""
+    """The bundle's components in a bare loop over ``epochs`` whole epochs (the run's length is ``epochs``, as in
+    ``bundle`` mode, for the schedule and the rules), with the bundle's training rules (:data:`TRAINING_RULES`:
+    schedule, momentum update, prototype / queue / cluster rules) fired at the trainer's events: epoch start,
+    forward, loss, backward, optimizer step, iteration end, epoch end."""
+    from ignite.engine import Events
+    from monai.engines.utils import IterationEvents
     from monai.utils import set_determinism
 
-    parser = _parser(configs, overrides)
+    parser = _parser(configs, {**overrides, "epochs": epochs})
     set_determinism(seed=parser.get_parsed_content("seed"))
     trainer = parser.get_parsed_content("train#trainer")
     loader, network, optimizer = trainer.data_loader, trainer.network, trainer.optimizer
-    scheduler = parser.get_parsed_content("lr_scheduler") if "lr_scheduler" in parser else None
+    hub = _training_rules(parser, trainer, loader, epochs)
+    fire = (lambda event: None) if hub is None else hub.fire_event
     network.train()
     samples = steps = 0
+    losses = []
     start = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if hub is not None:
+            hub.state.epoch = epoch + 1
+        fire(Events.EPOCH_STARTED)
         for batch in loader:
+            if hub is not None:
+                hub.state.iteration = steps + 1
             inputs, _, args, kwargs = trainer.prepare_batch(batch, trainer.state.device)
-            loss = trainer.loss_function(network(inputs, *args, **kwargs))
+            outputs = network(inputs, *args, **kwargs)
+            fire(IterationEvents.FORWARD_COMPLETED)
+            loss = trainer.loss_function(outputs)
+            fire(IterationEvents.LOSS_COMPLETED)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            fire(IterationEvents.BACKWARD_COMPLETED)
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            fire(IterationEvents.MODEL_COMPLETED)
+            fire(Events.ITERATION_COMPLETED)
+            losses.append(float(loss))
             samples += inputs.shape[0]
             steps += 1
-    _report(time.perf_counter() - start, samples, steps)
+        fire(Events.EPOCH_COMPLETED)
+    _report(time.perf_counter() - start, samples, steps, losses)
 
 
-def _lightly_loop(parser, views, step, epochs: int, momentum=None) -> None:
+def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=None, before_step=None) -> None:
     """lightly's style of loop: ``views(i)`` gives item ``i``'s views, ``step(network, views)`` the loss; the
     bundle's network, optimizer, batch size and workers; ``momentum(network, progress)`` after each step (the
-    momentum methods' target update, with lightly's ``update_momentum``)."""
+    momentum methods' target update, with lightly's ``update_momentum``); ``before_epoch(network, epoch)`` and
+    ``before_step(network, step)`` (0-based) where a method has rules there (SwAV's queue start, prototype freeze and
+    normalisation)."""
     from monai.utils import set_determinism
 
     set_determinism(seed=parser.get_parsed_content("seed"))
@@ -104,19 +176,25 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None) -> None:
     network = parser.get_parsed_content("network").train()
     optimizer = parser.get_parsed_content("optimizer")
     samples = steps = 0
+    losses = []
     total = epochs * len(loader)
     start = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if before_epoch is not None:
+            before_epoch(network, epoch)
         for batch in loader:
+            if before_step is not None:
+                before_step(network, steps)
             loss = step(network, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if momentum is not None:
                 momentum(network, steps / total)
+            losses.append(float(loss))
             samples += batch[0].shape[0]
             steps += 1
-    _report(time.perf_counter() - start, samples, steps)
+    _report(time.perf_counter() - start, samples, steps, losses)
 
 
 def _picture_views(parser, transform):
@@ -222,9 +300,148 @@ def lightly_byol(configs: list[str], overrides: dict, epochs: int) -> None:
     _lightly_loop(parser, views, step, epochs, momentum=_momentum(parser))
 
 
+def _asymmetric_views(parser, view: dict):
+    """lightly's ``BYOLTransform`` (``BYOLView1Transform`` / ``BYOLView2Transform``: blur 1.0 / 0.1, solarize 0.0 /
+    0.2) with the bundle's ``AsymmetricAugment`` settings (its defaults where the config leaves them out)."""
+    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
+
+    get = lambda key, default: _resolve(parser, view.get(key, default))  # noqa: E731
+    jitter = get("jitter", [0.4, 0.4, 0.2, 0.1])
+    blur, solarize = get("blur_probs", [1.0, 0.1]), get("solarize_probs", [0.0, 0.2])
+    common = dict(input_size=get("size", 224), min_scale=get("scale", [0.08, 1.0])[0], hf_prob=get("hflip_prob", 0.5),
+                  cj_prob=get("jitter_prob", 0.8), cj_strength=1.0, cj_bright=jitter[0], cj_contrast=jitter[1],
+                  cj_sat=jitter[2], cj_hue=jitter[3], random_gray_scale=get("grayscale_prob", 0.2),
+                  sigmas=tuple(get("blur_sigma", [0.1, 2.0])),
+                  normalize={"mean": list(get("mean", [0.485, 0.456, 0.406])),
+                             "std": list(get("std", [0.229, 0.224, 0.225]))})
+    return BYOLTransform(BYOLView1Transform(**common, gaussian_blur=blur[0], solarization_prob=solarize[0]),
+                         BYOLView2Transform(**common, gaussian_blur=blur[1], solarization_prob=solarize[1]))
+
+
+def lightly_barlowtwins(configs: list[str], overrides: dict, epochs: int) -> None:
+    """Barlow Twins with lightly's ``BarlowTwinsLoss(lambda_param=<bundle lambd>)`` and lightly's ``BYOLTransform``
+    views (the transform of lightly's Barlow Twins examples; its two view transforms are the reference code's
+    asymmetric pair, blur 1.0 / 0.1 and solarize 0.0 / 0.2, as the bundle's ``AsymmetricAugment``) with the bundle's
+    crop size, scale, jitter, grey, blur sigma and normalisation, on PIL pictures.
+
+    The bundle's: the parsed ``BarlowTwins`` network (backbone + projector; ``forward(x1, x2) -> (z1, z2)``), its LARS
+    optimizer (bias / norm groups), items and batch size. lightly's: loss, transforms. Differences that remain:
+    lightly's crop is bilinear (the bundle's bicubic), its blur is PIL's ``GaussianBlur(radius=sigma)`` (the bundle's
+    a torchvision kernel of about 10% of the crop). The two losses are the same number in one process (batch
+    statistics, biased variance, eps 1e-5 inside the square root; ``tests/scripts/test_bench.py`` checks it).
+    No learning-rate schedule (as in every lightly loop here)."""
+    from lightly.loss import BarlowTwinsLoss
+
+    parser = _parser(configs, overrides)
+    transform = _asymmetric_views(parser, parser.get("view_transform"))
+    criterion = BarlowTwinsLoss(lambda_param=float(parser.get_parsed_content("lambd")))
+    _lightly_loop(parser, _picture_views(parser, transform), lambda net, b: criterion(*net(b[0], b[1])), epochs)
+
+
+def lightly_swav(configs: list[str], overrides: dict, epochs: int) -> None:
+    """SwAV with lightly's ``SwaVLoss`` and ``SwaVTransform`` (multi-crop: ``n_global_crops`` crops of
+    ``image_size`` at ``global_crop_scale`` and ``n_local_crops`` of ``local_image_size`` at ``local_crop_scale``;
+    flip, jitter, grey, blur and normalisation from the bundle's ``view_augment``; on PIL pictures, the grey slices
+    read as RGB as the bundle's ``PictureChannelsd`` makes 3 channels), and lightly's prototype rules: the
+    prototypes normalised with ``lightly.models.utils.normalize_weight`` before every step and frozen
+    (``requires_grad_(step >= n)``, ``SwaVPrototypes``' rule) for the bundle's ``freeze_prototypes_iters`` steps.
+
+    The bundle's: the parsed ``SwAV`` network (``forward(*views) -> (scores, queue_scores)``: trunk, projection MLP,
+    unit embeddings, prototype scores; its forward also normalises the prototypes, a no-op after lightly's), its
+    LARS optimizer, items and batch size, and the feature queue: the network's own queues (lightly's
+    ``MemoryBankModule`` would need the embeddings, which the network's forward does not return), switched on at
+    the bundle's ``queue_start_epoch`` as its ``QueueStart`` handler does, their scores passed to lightly's loss as
+    ``queue_outputs``. lightly's loss gets the bundle's temperature, Sinkhorn epsilon and iterations (0.1, 0.05, 3:
+    lightly's defaults too); it codes in the scores' dtype without subtracting the maximum (the bundle's in float32
+    after it), the same codes at epsilon 0.05 on unit scores. lightly's blur is PIL's ``GaussianBlur(radius=sigma)``
+    (the bundle's a torchvision kernel of about 10% of the crop; both crop bilinearly). No learning-rate schedule (as
+    in every lightly loop here)."""
+    from lightly.loss import SwaVLoss
+    from lightly.models.utils import normalize_weight
+    from lightly.transforms import SwaVTransform
+
+    parser = _parser(configs, overrides)
+    aug = {**{"hflip_prob": 0.5, "jitter": [0.4, 0.4, 0.2, 0.1], "jitter_prob": 0.8, "grayscale_prob": 0.0,
+              "blur_prob": 0.0, "blur_sigma": [0.1, 2.0]}, **parser.get_parsed_content("view_augment")}
+    get = parser.get_parsed_content
+    n_global, n_local = int(get("n_global_crops")), int(get("n_local_crops"))
+    norm = get("normalization")
+    transform = SwaVTransform(
+        crop_sizes=(get("image_size"), get("local_image_size")), crop_counts=(n_global, n_local),
+        crop_min_scales=(get("global_crop_scale")[0], get("local_crop_scale")[0]),
+        crop_max_scales=(get("global_crop_scale")[1], get("local_crop_scale")[1]), hf_prob=aug["hflip_prob"],
+        cj_prob=aug["jitter_prob"], cj_strength=1.0, cj_bright=aug["jitter"][0], cj_contrast=aug["jitter"][1],
+        cj_sat=aug["jitter"][2], cj_hue=aug["jitter"][3], random_gray_scale=aug["grayscale_prob"],
+        gaussian_blur=aug["blur_prob"], sigmas=tuple(aug["blur_sigma"]),
+        normalize={"mean": list(norm["mean"]), "std": list(norm["std"])})
+    criterion = SwaVLoss(temperature=float(get("temperature")), sinkhorn_iterations=int(get("sinkhorn_iterations")),
+                         sinkhorn_epsilon=float(get("sinkhorn_epsilon")))
+    frozen, queue_start = int(get("freeze_prototypes_iters")), get("queue_start_epoch")
+
+    def before_epoch(network, epoch: int) -> None:  # the bundle's QueueStart rule (0-based epochs)
+        network.use_queue = queue_start is not None and network.queues is not None and epoch >= int(queue_start)
+
+    def before_step(network, step: int) -> None:  # lightly's SwaVPrototypes rules
+        with torch.no_grad():
+            for head in network.prototypes.heads:
+                normalize_weight(head.weight)
+        network.prototypes.requires_grad_(step >= frozen)
+
+    def step(network, batch):
+        scores, queue_scores = network(*batch)
+        return criterion(list(scores[:n_global]), list(scores[n_global:]), queue_scores).squeeze()
+
+    _lightly_loop(parser, _picture_views(parser, transform), step, epochs, before_epoch=before_epoch,
+                  before_step=before_step)
+
+
+def lightly_mae(configs: list[str], overrides: dict, epochs: int) -> None:
+    """MAE with lightly's ``MAETransform`` views (bicubic ``RandomResizedCrop`` of ``image_size`` at
+    ``crop_scale``, horizontal flip, the bundle's normalisation; on PIL pictures) and lightly's reconstruction
+    loss as its MAE examples compute it: ``torch.nn.MSELoss`` between the predictions of the masked patches and their
+    pixels (``lightly.models.utils.patchify`` of the input), normalised per patch with
+    ``lightly.models.utils.normalize_mean_var`` when the bundle has ``norm_pix_loss`` (lightly has no MAE loss
+    class; this is the same number as the bundle's ``MAELoss``, which ``tests/scripts/test_bench.py`` checks).
+
+    The bundle's: the parsed ``MAE`` network with its own masking inside ``forward`` (``mask_ratio``, one uniformly
+    random subset per sample, as lightly's ``random_token_mask``; lightly's masking cannot be put into the bundle's
+    network, whose forward masks itself), its encoder / decoder, AdamW with its weight-decay groups, items and batch
+    size. The network's ``(pred, target, mask)`` output is used for ``pred`` and ``mask`` only. No learning-rate
+    schedule (as in every lightly loop here)."""
+    from lightly.transforms import MAETransform
+
+    parser = _parser(configs, overrides)
+    get = parser.get_parsed_content
+    norm = get("normalization")
+    transform = MAETransform(input_size=get("image_size"), min_scale=get("crop_scale")[0],
+                             normalize={"mean": list(norm["mean"]), "std": list(norm["std"])})
+    patch, norm_pix = int(get("patch_size")), bool(get("norm_pix_loss"))
+
+    def step(network, batch):
+        pred, _, mask = network(batch[0])
+        return mae_reconstruction_loss(pred, batch[0], mask, patch, norm_pix)
+
+    _lightly_loop(parser, _picture_views(parser, transform), step, epochs)
+
+
+def mae_reconstruction_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, patch_size: int,
+                            norm_pix: bool) -> torch.Tensor:
+    """The reconstruction loss of lightly's MAE examples: ``torch.nn.MSELoss`` between the predictions of the masked
+    patches (``mask`` 1) and those patches of ``images`` (``lightly.models.utils.patchify``), normalised per patch by
+    ``lightly.models.utils.normalize_mean_var`` with ``norm_pix``."""
+    from lightly.models.utils import normalize_mean_var, patchify
+
+    target = patchify(images, patch_size)
+    if norm_pix:
+        target = normalize_mean_var(target, dim=-1)
+    masked = mask.bool()
+    return torch.nn.functional.mse_loss(pred[masked], target[masked])
+
+
 LOOPS = {"bundle": bundle, "plain": plain}
 #: bundle -> its lightly loop (lightly has the method)
-LIGHTLY = {"simclr_cholec": lightly_simclr, "mocov3_hyperkvasir": lightly_mocov3, "byol_acdc": lightly_byol}
+LIGHTLY = {"simclr_cholec": lightly_simclr, "mocov3_hyperkvasir": lightly_mocov3, "byol_acdc": lightly_byol,
+           "barlowtwins_hyperkvasir": lightly_barlowtwins, "swav_slices": lightly_swav, "mae_hyperkvasir": lightly_mae}
 
 if __name__ == "__main__":  # python -m bench.loops <mode> <configs json> <overrides json> <epochs>
     mode, configs, overrides, epochs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])

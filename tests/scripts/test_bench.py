@@ -1,7 +1,10 @@
-"""A reduced ``python -m bench``: SimCLR on a few tiny demo frames, two interleaved rounds of one epoch.
+"""A reduced ``python -m bench``: SimCLR on a few tiny demo frames, two interleaved rounds of one epoch; the lightly
+loops of Barlow Twins, SwAV and MAE on tiny data (skipped without the optional lightly extra).
 
-What would be wrong: a mode that trains on other data or batch sizes than it reports, ratios that are not the
-median of per-round ratios, a table that drops a bundle, results not written where asked."""
+What would be wrong: a mode that trains on other data or batch sizes than it reports, a plain loop that trains
+something else than the bundle (schedule, rules), ratios that are not the median of per-round ratios, a table that
+drops a bundle, results not written where asked, a lightly loop that optimises another objective than the bundle's
+or does not train on the bundle's items in whole batches."""
 
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
             assert run["steps"] == train_items // 4 and run["samples"] == 4 * run["steps"], mode
             assert run["samples_per_s"] == pytest.approx(run["samples"] / run["seconds"])
         assert entry["samples_per_s"][mode] == pytest.approx(statistics.median(r["samples_per_s"] for r in runs))
+    for bundle_run, plain_run in zip(entry["runs"]["bundle"], entry["runs"]["plain"]):
+        # the plain loop trains what the bundle trains (same seed, data, schedule): the same loss at every reported step
+        assert plain_run["loss_first"] == pytest.approx(bundle_run["loss_first"], rel=1e-5)
+        assert plain_run["loss_last"] == pytest.approx(bundle_run["loss_last"], rel=1e-5)
     per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(entry["runs"]["bundle"], entry["runs"]["plain"])]
     assert entry["ratio_vs_plain"] == pytest.approx(statistics.median(per_round))
     assert entry["augment_items_per_s"] > 0
@@ -36,3 +43,92 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
     assert written["bundles"]["simclr_cholec"]["runs"] == entry["runs"]
     md = (tmp_path / "out" / "bench.md").read_text()
     assert md == table(res) and "| simclr_cholec |" in md and "2 interleaved rounds of 1 epochs" in md
+
+
+#: reduced settings of the lightly loops added for Barlow Twins, SwAV and MAE: demo data kind, its generator
+#: arguments and the overrides (tiny networks, 32 px, batch 4, no workers)
+_SMALL_2D = {"backbone": "timm/resnet10t", "image_size": 32, "batch_size": 4, "num_workers": 0}
+_LIGHTLY_CASES = {
+    "barlowtwins_hyperkvasir": ("hyperkvasir", {"n_unlabeled": 16}, {**_SMALL_2D, "projection_dims": [64, 64]}),
+    # the queue on from the first epoch and the prototypes frozen for 2 of the 4 steps: every SwAV rule runs
+    "swav_slices": ("ssl_slices", {"n_volumes": 3, "depth": 4},
+                    {**_SMALL_2D, "local_image_size": 16, "projection_dims": [64, 32], "n_prototypes": 16,
+                     "freeze_prototypes_iters": 2, "queue_length": 8, "queue_start_epoch": 0}),
+    "mae_hyperkvasir": ("hyperkvasir", {"n_unlabeled": 16},
+                        {"image_size": 32, "batch_size": 4, "num_workers": 0, "hidden_size": 48, "mlp_dim": 96,
+                         "num_layers": 1, "num_heads": 2, "decoder_hidden_size": 32, "decoder_num_layers": 1,
+                         "decoder_num_heads": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    """One folder of tiny demo data for the lightly loops (two of them share the Hyperkvasir pictures)."""
+    return tmp_path_factory.mktemp("bench_data")
+
+
+@pytest.mark.parametrize("name", sorted(_LIGHTLY_CASES))
+def test_lightly_loop_trains_the_bundle_items_in_whole_batches(tmp_path, demo_cache, name):
+    """Each new lightly loop, in its own process as ``python -m bench`` runs it: one epoch over the bundle's items
+    in full batches of the bundle's size, a finite throughput, a finite positive loss at its first and last step."""
+    pytest.importorskip("lightly")
+    import math
+
+    from bench.loops import LIGHTLY
+    from bench.run import ROOT, demo_data, run_mode
+    from bench.settings import BUNDLES, COMMON
+
+    kind, sizes, overrides = _LIGHTLY_CASES[name]
+    assert name in LIGHTLY and BUNDLES[name][0] == kind
+    cfg = ROOT / "bundles" / name / "configs"
+    configs = [str(cfg / "train.json"), str(cfg / "cpu_demo.json")]
+    data = demo_data(kind, demo_cache, sizes)
+    over = {**COMMON, **BUNDLES[name][1], **overrides, "dataset_dir": data, "bundle_root": str(tmp_path / "root")}
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    for key, value in over.items():
+        parser[key] = value
+    n_items = len(parser.get_parsed_content("train#datalist"))
+    assert n_items >= 8
+    run = run_mode(f"lightly:{name}", configs, over, epochs=1, threads=1)
+    assert run["steps"] == n_items // 4 and run["samples"] == 4 * run["steps"]
+    assert math.isfinite(run["samples_per_s"]) and run["samples_per_s"] > 0
+    assert run["samples_per_s"] == pytest.approx(run["samples"] / run["seconds"])
+    for key in ("loss_first", "loss_last"):
+        assert math.isfinite(run[key]) and run[key] > 0, (key, run)
+
+
+def test_lightly_losses_are_the_bundle_objectives():
+    """The lightly loops optimise what the bundles optimise: lightly's Barlow Twins and SwAV losses (the SwAV one with
+    the loop's split into global and local crops, with and without queue scores) and the loop's MAE loss (lightly's
+    ``patchify`` / ``normalize_mean_var`` + MSE on the masked patches) equal the bundles' losses on the same inputs."""
+    pytest.importorskip("lightly")
+    import torch
+    import torch.nn.functional as F
+    from lightly.loss import BarlowTwinsLoss, SwaVLoss
+
+    from bench.loops import mae_reconstruction_loss
+    from monai_ssl_ext.losses import BarlowTwinsCrossCorrelationLoss, MAELoss, SwAVLoss
+    from monai_ssl_ext.networks.mae import patchify
+
+    g = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn(16, 12, generator=g), torch.randn(16, 12, generator=g)
+    assert float(BarlowTwinsLoss(lambda_param=0.0051)(z_a, z_b)) == pytest.approx(
+        float(BarlowTwinsCrossCorrelationLoss(lambd=0.0051)(z_a, z_b)), rel=1e-5)
+
+    scores = [F.normalize(torch.randn(8, 6, generator=g), dim=1) @ F.normalize(torch.randn(5, 6, generator=g), dim=1).T
+              for _ in range(5)]  # 2 global + 3 local crops, 5 unit prototypes
+    queue = [torch.randn(16, 5, generator=g).tanh() for _ in range(2)]
+    ours = SwAVLoss(temperature=0.1, epsilon=0.05, sinkhorn_iterations=3)
+    theirs = SwaVLoss(temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05)
+    for q in (None, queue):
+        assert float(theirs(scores[:2], scores[2:], q)) == pytest.approx(float(ours(scores, q)), rel=1e-4)
+
+    images = torch.randn(3, 3, 16, 16, generator=g)
+    pred = torch.randn(3, 16, 48, generator=g)
+    mask = (torch.rand(3, 16, generator=g) < 0.75).float()
+    for norm_pix in (True, False):
+        assert float(mae_reconstruction_loss(pred, images, mask, 4, norm_pix)) == pytest.approx(
+            float(MAELoss(norm_pix_loss=norm_pix)(pred, patchify(images, 4), mask)), rel=1e-5)
