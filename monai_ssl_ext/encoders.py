@@ -65,6 +65,8 @@ __all__ = [
     "LoadReport",
     "export_encoder",
     "export_encoders",
+    "encoder_payload",
+    "encoders_payload",
     "read_encoder",
     "read_encoder_file",
     "select_trunk",
@@ -160,6 +162,17 @@ def export_encoders(
 ) -> dict:
     """Write several named trunks to one ``encoder.pt`` (format 2, atomically); returns the file
     payload. ``extra`` (epoch, iteration, source, ...) goes into the file-level header."""
+    payload = encoders_payload(trunks, method, normalization, intensity_window, **extra)
+    atomic_save(payload, path)
+    return payload
+
+
+def encoders_payload(
+    trunks: Mapping[str, Backbone], method: str, normalization: dict | None = None,
+    intensity_window: dict | None = None, **extra
+) -> dict:
+    """What :func:`export_encoders` writes (format 2). The weights are CPU copies: a snapshot that a
+    background write may save while training changes the trunks."""
     if not isinstance(trunks, Mapping) or not trunks:
         raise ValueError(f"export_encoders: expected a non-empty {{name: Backbone}} mapping, got {trunks!r}")
     bad = [n for n in trunks if not isinstance(n, str) or not n]
@@ -168,7 +181,7 @@ def export_encoders(
     reserved = sorted(set(extra) & {"format", "trunks", "trunk", *TRUNK_FIELDS})
     if reserved:
         raise ValueError(f"export_encoders: {reserved} are header fields the exporter writes itself")
-    payload = {
+    return {
         "format": FORMAT_MULTI,
         "trunks": {name: trunk_entry(backbone) for name, backbone in trunks.items()},
         "normalization": check_normalization(normalization),
@@ -177,8 +190,6 @@ def export_encoders(
         "package_version": __version__,
         **extra,
     }
-    atomic_save(payload, path)
-    return payload
 
 
 def export_encoder(
@@ -188,11 +199,22 @@ def export_encoder(
     """Write ``backbone.trunk``'s weights and header to ``path`` (atomically) as a format-1 file (one
     trunk; it reads as the trunk named ``"encoder"``); returns the payload. Several trunks:
     :func:`export_encoders`."""
+    payload = encoder_payload(backbone, method, normalization, intensity_window, **extra)
+    atomic_save(payload, path)
+    return payload
+
+
+def encoder_payload(
+    backbone: Backbone, method: str, normalization: dict | None = None,
+    intensity_window: dict | None = None, **extra
+) -> dict:
+    """What :func:`export_encoder` writes (format 1). The weights are CPU copies: a snapshot that a
+    background write may save while training changes the trunk."""
     entry = trunk_entry(backbone)
     reserved = sorted(set(extra) & {"format", "trunks", "trunk", *TRUNK_FIELDS})
     if reserved:
         raise ValueError(f"export_encoder: {reserved} are header fields the exporter writes itself")
-    payload = {
+    return {
         "format": FORMAT_SINGLE,
         **{k: v for k, v in entry.items() if k != "state_dict"},
         "normalization": check_normalization(normalization),
@@ -202,8 +224,6 @@ def export_encoder(
         **extra,
         "state_dict": entry["state_dict"],
     }
-    atomic_save(payload, path)
-    return payload
 
 
 def _upgrade(payload: dict, source: str) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..encoders import export_encoders
+from ..encoders import encoders_payload
 from ..networks.backbones import Backbone
 from .encoder_export import EncoderExport
 
@@ -14,7 +14,7 @@ __all__ = ["TrunksExport"]
 class TrunksExport(EncoderExport):
     """:class:`EncoderExport` for several trunks: writes ``trunks`` (``{name: Backbone}``, e.g. the joint 2D-3D
     method's ``slice_encoder`` and ``slice_transformer``) to ``path`` with
-    :func:`~monai_ssl_ext.encoders.export_encoders`, at the same save points (every ``interval`` epochs and at the end
+    :func:`~monai_ssl_ext.encoders.export_encoders`'s format, at the same save points (in the background likewise) (every ``interval`` epochs and at the end
     of the run, once per save point), with the same start-of-run checks. A finetuning bundle picks one trunk with
     ``load_encoder(..., trunk=name)``.
 
@@ -33,6 +33,8 @@ class TrunksExport(EncoderExport):
         super().__init__(next(iter(trunks.values())), path, method, normalization, interval, intensity_window)
         self.trunks = dict(trunks)
 
-    def write(self, **header) -> str:
-        export_encoders(self.trunks, self.path, **header)
+    def payload(self, **header) -> dict:
+        return encoders_payload(self.trunks, **header)
+
+    def describe(self) -> str:
         return "trunks " + ", ".join(f"{n} ({b.arch})" for n, b in self.trunks.items())

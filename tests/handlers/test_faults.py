@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from conftest import ROOT
+from tiny_training import tiny_backbone, tiny_trainer
 
 EPOCH_LENGTH = 2
 
@@ -30,31 +31,6 @@ def _mlp(width: int, depth: int = 12) -> nn.Sequential:
     """4 inputs, ``depth`` linear layers of ``width``: 2 * depth tensors whose shapes depend on width."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, width), *[nn.Linear(width, width) for _ in range(depth - 1)])
-
-
-def _tiny_backbone():
-    from monai_ssl_ext.networks import build_backbone
-
-    return build_backbone("vit", spatial_dims=2, in_channels=1, img_size=16, patch_size=8, hidden_size=16,
-                          mlp_dim=32, num_layers=1, num_heads=2)
-
-
-def _engine(net: nn.Module, opt: torch.optim.Optimizer, handlers=()):
-    """An ignite trainer taking one optimizer step per iteration on random data; returns the
-    engine and the list its iterations are counted in (filled when it runs)."""
-    def step(engine, batch):
-        opt.zero_grad()
-        loss = net(batch).pow(2).mean()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    engine = Engine(step)
-    iterations: list[int] = []
-    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: iterations.append(e.state.iteration))
-    for h in handlers:
-        h.attach(engine)
-    return engine, iterations
 
 
 def _run(engine: Engine, epochs: int = 1) -> None:
@@ -81,7 +57,7 @@ def _checkpoint(ckpt_dir: Path, net: nn.Module, **save) -> Path:
 
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     ckpt = ResumableCheckpoint(str(ckpt_dir), {"network": net, "optimizer": opt, **save})
-    engine, _ = _engine(net, opt, [ckpt])
+    engine, _ = tiny_trainer(net, opt, [ckpt])
     _run(engine, 1)
     return ckpt_dir / "checkpoint_last.pt"
 
@@ -92,7 +68,7 @@ def test_resume_into_larger_model_names_file_state_and_first_tensors(tmp_path):
     path = _checkpoint(tmp_path, _mlp(8))
     big = _mlp(16)
     opt = torch.optim.Adam(big.parameters(), lr=1e-3)
-    engine, iterations = _engine(big, opt, [ResumableCheckpoint(str(tmp_path), {"network": big, "optimizer": opt})])
+    engine, iterations = tiny_trainer(big, opt, [ResumableCheckpoint(str(tmp_path), {"network": big, "optimizer": opt})])
     with pytest.raises(RuntimeError) as info:
         _run(engine, 2)
     text = str(info.value)
@@ -117,7 +93,7 @@ def test_resume_with_other_optimizer_groups_names_optimizer(tmp_path):
     path = _checkpoint(tmp_path, _mlp(8, depth=2))
     net = _mlp(8, depth=2)
     opt = torch.optim.Adam([{"params": net[0].parameters()}, {"params": net[1].parameters(), "lr": 1e-4}], lr=1e-3)
-    engine, iterations = _engine(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})])
+    engine, iterations = tiny_trainer(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})])
     with pytest.raises(RuntimeError) as info:
         _run(engine, 2)
     text = str(info.value)
@@ -135,7 +111,7 @@ def test_resume_with_changed_transforms_names_rng_and_keeps_generators(tmp_path)
     net = _mlp(8, depth=2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = RNGState(Compose([RandGaussianNoised(keys="image")]))
-    engine, _ = _engine(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt, "rng": rng})])
+    engine, _ = tiny_trainer(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt, "rng": rng})])
     random.seed(1)
     before = random.getstate()
     with pytest.raises(RuntimeError) as info:
@@ -155,7 +131,7 @@ def test_checkpoint_dir_under_a_file_fails_at_start(tmp_path):
     ckpt_dir = tmp_path / "runs" / "models"
     net = _mlp(8, depth=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    engine, iterations = _engine(net, opt, [ResumableCheckpoint(str(ckpt_dir), {"network": net})])
+    engine, iterations = tiny_trainer(net, opt, [ResumableCheckpoint(str(ckpt_dir), {"network": net})])
     with pytest.raises(OSError) as info:
         _run(engine, 1)
     assert str(ckpt_dir / "checkpoint_last.pt") in str(info.value), str(info.value)
@@ -179,7 +155,7 @@ def test_read_only_checkpoint_dir_fails_at_start_when_resuming(tmp_path):
                         "test_checkpoint_dir_under_a_file_fails_at_start covers an unwritable folder")
         net = _mlp(8, depth=2)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        engine, iterations = _engine(net, opt, [ResumableCheckpoint(str(ckpt_dir), {"network": net, "optimizer": opt})])
+        engine, iterations = tiny_trainer(net, opt, [ResumableCheckpoint(str(ckpt_dir), {"network": net, "optimizer": opt})])
         with pytest.raises(OSError) as info:
             _run(engine, 3)
         assert str(path) in str(info.value) and str(ckpt_dir) in str(info.value), str(info.value)
@@ -195,7 +171,7 @@ def test_encoder_export_folder_under_a_file_fails_at_start(tmp_path):
     path = tmp_path / "runs" / "encoder.pt"
     net = _mlp(8, depth=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    engine, iterations = _engine(net, opt, [EncoderExport(_tiny_backbone(), str(path), method="simclr")])
+    engine, iterations = tiny_trainer(net, opt, [EncoderExport(tiny_backbone(), str(path), method="simclr")])
     with pytest.raises(OSError) as info:
         _run(engine, 1)
     assert str(path) in str(info.value), str(info.value)
@@ -218,9 +194,9 @@ def test_stale_temp_files_removed_at_start_live_and_unrelated_kept(tmp_path, cap
             (tmp_path / name).write_bytes(b"partial" * 100)
         net = _mlp(8, depth=2)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        handlers = [EncoderExport(_tiny_backbone(), str(tmp_path / "encoder.pt"), method="simclr"),
+        handlers = [EncoderExport(tiny_backbone(), str(tmp_path / "encoder.pt"), method="simclr"),
                     ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})]
-        engine, _ = _engine(net, opt, handlers)
+        engine, _ = tiny_trainer(net, opt, handlers)
         at_first_iteration = {}
         engine.add_event_handler(Events.ITERATION_STARTED(once=1), lambda e: at_first_iteration.update(
             names=set(os.listdir(tmp_path))))
@@ -271,7 +247,7 @@ def test_sigkill_during_write_leaves_only_temp_file_removed_at_next_start(tmp_pa
     # the same command again: the temp file is removed and the run resumes from the good checkpoint
     net = _mlp(8, depth=2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    engine, iterations = _engine(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})])
+    engine, iterations = tiny_trainer(net, opt, [ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})])
     _run(engine, 2)
     assert iterations == [3, 4]  # resumed after epoch 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt"]
@@ -283,7 +259,7 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path, mo
     net = _mlp(8, depth=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     ckpt = ResumableCheckpoint(str(tmp_path), {"network": net, "optimizer": opt})
-    engine, _ = _engine(net, opt, [ckpt])
+    engine, _ = tiny_trainer(net, opt, [ckpt])
     _run(engine, 1)
     path = tmp_path / "checkpoint_last.pt"
     good = _digest(path)
@@ -310,17 +286,17 @@ def test_encoder_export_once_per_save_point(tmp_path, monkeypatch, interval, epo
     from monai_ssl_ext.handlers import EncoderExport
 
     writes = []
-    real = module.export_encoder
+    real = module.atomic_save
 
-    def counted(*args, **kwargs):
-        writes.append((kwargs["epoch"], kwargs["iteration"]))
-        return real(*args, **kwargs)
+    def counted(payload, path):
+        writes.append((payload["epoch"], payload["iteration"]))
+        return real(payload, path)
 
-    monkeypatch.setattr(module, "export_encoder", counted)
+    monkeypatch.setattr(module, "atomic_save", counted)
     net = _mlp(8, depth=2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     path = tmp_path / "encoder.pt"
-    engine, _ = _engine(net, opt, [EncoderExport(_tiny_backbone(), str(path), method="simclr", interval=interval)])
+    engine, _ = tiny_trainer(net, opt, [EncoderExport(tiny_backbone(), str(path), method="simclr", interval=interval)])
     _run(engine, epochs)
     assert writes == [(e, e * EPOCH_LENGTH) for e in expected]
     header = read_encoder(str(path))
