@@ -36,6 +36,11 @@ The static checks, for each ``bundles/<name>/``:
   private attribute (``._x``, ``getattr(x, '_x')``) or is longer than :data:`MAX_EXPRESSION`
   characters (name the parts, or move the Python into ``monai_ssl_ext``); no root id of any config
   file indexes into a list (``train#handlers#4#save_dict``: a new handler silently shifts it);
+* training loaders (:func:`_check_training_loaders`): the ``train#dataloader`` of ``train.json``, and
+  of any other config that defines its own and holds a random transform (:data:`RANDOM_TRANSFORM`),
+  is ``augmenting_loader`` (augmentations seeded per item: the same for any ``num_workers``,
+  persistent workers, an exact resume); an override of ``train#dataloader#_target_`` keeps it, and
+  the sampler of such a loader (``train#sampler``, multi-GPU) is a seeded one (:data:`SEEDED_SAMPLERS`);
 * the glossary of shared ids (:data:`GLOSSARY`, the README's "Adding a bundle"): an id with a
   glossary name has the glossary's type (``normalization`` is exactly ``{mean, std}``, a CT window
   goes in ``intensity_window``, ...); no forbidden synonym (:data:`SYNONYMS`: ``lr``,
@@ -295,6 +300,68 @@ def _check_expressions(bundle: Path) -> list[str]:
                 problems.append(
                     f"configs/{name}: `{where}` is a {len(text)}-character expression (at most {MAX_EXPRESSION}): "
                     "split it into named ids or move it into monai_ssl_ext")
+    return problems
+
+
+# ---------------------------------------------------------------------- training loaders
+
+TRAINING_LOADER = "augmenting_loader"
+SEEDED_SAMPLERS = ("SeededDistributedSampler", "SeededRandomSampler", "SeededSequentialSampler")
+# `_target_` names of random transforms: MONAI's and the package's Rand*, the SSL view makers
+RANDOM_TRANSFORM = re.compile(r"^Rand[A-Z]|Augment$|^(MultiViewd|MultiCropd|OneOfDistinctViewsd)$")
+
+
+def _short_target(component) -> str | None:
+    """The class name of a component (``monai_ssl_ext.seeding.augmenting_loader`` -> ``augmenting_loader``)."""
+    target = component.get("_target_") if isinstance(component, dict) else None
+    return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
+
+
+def _train_entry(config: dict, key: str):
+    """``train#<key>`` of a config, nested (``"train": {key: ...}``) or as a root id."""
+    train = config.get("train")
+    if isinstance(train, dict) and key in train:
+        return train[key]
+    return config.get(f"train#{key}")
+
+
+def _has_random_transform(config: dict) -> bool:
+    return any(RANDOM_TRANSFORM.search(text.rsplit(".", 1)[-1]) for where, text in _strings(config)
+               if where.endswith("_target_"))
+
+
+def _check_training_loaders(bundle: Path) -> list[str]:
+    """A training loader that augments at random is ``augmenting_loader`` (module docstring): a plain
+    ``DataLoader`` draws the augmentations in its workers, so they change with ``num_workers``, persistent
+    workers repeat their stream's history, and a resumed run draws other ones."""
+    why = (f"a training loader is `{TRAINING_LOADER}` (monai_ssl_ext.seeding: augmentations seeded per item, "
+           "the same for any num_workers, persistent workers, exact resume)")
+    problems: list[str] = []
+    configs = _load_configs(bundle)
+    train = configs.get("train.json", {})
+    main_loader = _short_target(_train_entry(train, "dataloader"))
+    for name, config in configs.items():
+        standalone = name == "train.json" or "network_def" in config  # else it is merged onto train.json
+        random = _has_random_transform(config) or (not standalone and _has_random_transform(train))
+        own = _train_entry(config, "dataloader")
+        loader = _short_target(own)
+        if loader is not None and loader != TRAINING_LOADER and (name == "train.json" or random):
+            problems.append(f"configs/{name}: `train#dataloader` is `{loader}`: {why}")
+        swapped = config.get("train#dataloader#_target_")
+        swapped = swapped.rsplit(".", 1)[-1] if isinstance(swapped, str) else None
+        if swapped is not None and swapped != TRAINING_LOADER and main_loader == TRAINING_LOADER:
+            problems.append(f"configs/{name}: `train#dataloader#_target_` replaces train.json's `{TRAINING_LOADER}` "
+                            f"with `{swapped}`: {why}")
+        if (loader or swapped or (None if standalone else main_loader)) != TRAINING_LOADER:
+            continue
+        samplers = {"train#sampler": _train_entry(config, "sampler"),
+                    "train#dataloader#sampler": own.get("sampler") if isinstance(own, dict)
+                    else config.get("train#dataloader#sampler")}
+        for key, component in samplers.items():
+            sampler = _short_target(component)
+            if sampler is not None and sampler not in SEEDED_SAMPLERS:
+                problems.append(f"configs/{name}: `{key}` is `{sampler}`: `{TRAINING_LOADER}` needs a seeded "
+                                f"sampler ({', '.join(SEEDED_SAMPLERS)}) that hands each item its seed")
     return problems
 
 
@@ -584,6 +651,7 @@ def verify_bundle(bundle_dir: str | os.PathLike, schema: str | os.PathLike | dic
         problems += _check_configs(bundle)
         problems += _check_expressions(bundle)
         problems += _check_glossary(bundle)
+        problems += _check_training_loaders(bundle)
     problems += _check_settings(bundle)
     return problems
 

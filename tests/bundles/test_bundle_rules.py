@@ -6,12 +6,14 @@ is checked the day it lands."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from bundle_runner import run_configs
 from conftest import BUNDLES
+from conftest import ROOT, SCHEMA, load_script
 
 IDS = [b.name for b in BUNDLES]
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -119,3 +121,76 @@ def test_progress_bar_is_one_shared_id(bundle):
     assert train.get("progress_bar") is False, f"{bundle.name}: no `progress_bar`: false"
     bars = [c for _, c in _components(train) if c["_target_"] == "RunProgress"]
     assert [c.get("enabled") for c in bars] == ["@progress_bar"], f"{bundle.name}: {bars}"
+
+
+# ------------------------------------------------------------------------- training loaders
+# the rule lives in scripts/verify_bundles.py (_check_training_loaders, part of verify_bundle)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_training_loaders_are_augmenting_loaders(bundle):
+    """Every train.json trains from `augmenting_loader` (augmentations seeded per item: the same for
+    any num_workers, persistent workers, exact resume), and multi-GPU overlays keep a seeded sampler."""
+    assert load_script("verify_bundles")._check_training_loaders(bundle) == []
+    train = _configs(bundle)["train.json"]["train"]["dataloader"]
+    assert train["_target_"] == "augmenting_loader", bundle.name
+
+
+def _loader_problems(tmp_path, edits: dict[str, dict], full: bool = False) -> list[str]:
+    """Problems of a copy of gie_polyp_segmentation (random flips and affine) with ``edits``
+    ({config file: {root id: value}}, None deletes the id) applied."""
+    vb = load_script("verify_bundles")
+    bundle = tmp_path / "gie_polyp_segmentation"
+    shutil.copytree(ROOT / "bundles" / bundle.name, bundle, ignore=shutil.ignore_patterns("runs", "data", "__pycache__"))
+    for name, changes in edits.items():
+        path = bundle / "configs" / name
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key)
+            else:
+                data[key] = value
+        path.write_text(json.dumps(data, indent=4))
+    if full:
+        return vb.verify_bundle(str(bundle), schema=str(SCHEMA))
+    return vb._check_training_loaders(bundle)
+
+
+def _plain(config: dict) -> dict:
+    train = dict(config["train"])
+    train["dataloader"] = {**train["dataloader"], "_target_": "DataLoader"}
+    return train
+
+
+def test_a_plain_training_loader_is_reported(tmp_path):
+    configs = _configs(ROOT / "bundles" / "gie_polyp_segmentation")
+    assert _loader_problems(tmp_path / "as_is", {}, full=True) == []
+    # train.json's loader a plain DataLoader again, as before (verify_bundle reports it)
+    problems = _loader_problems(tmp_path / "train", {"train.json": {"train": _plain(configs["train.json"])}}, full=True)
+    assert any("configs/train.json: `train#dataloader` is `DataLoader`" in p for p in problems), problems
+    # the multi-GPU overlay's sampler a plain DistributedSampler: it gives the items no seed
+    sampler = {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True, "shuffle": True}
+    problems = _loader_problems(tmp_path / "sampler", {"multi_gpu_train.json": {"train#sampler": sampler}})
+    assert problems == ["configs/multi_gpu_train.json: `train#sampler` is `DistributedSampler`: `augmenting_loader` "
+                        "needs a seeded sampler (SeededDistributedSampler, SeededRandomSampler, SeededSequentialSampler) "
+                        "that hands each item its seed"]
+    # an overlay that swaps the loader, or brings its own plain one over train.json's random transforms
+    problems = _loader_problems(tmp_path / "swap", {"train_vit.json": {"train#dataloader#_target_": "DataLoader"}})
+    assert len(problems) == 1 and "configs/train_vit.json: `train#dataloader#_target_` replaces" in problems[0]
+    own = {**configs["train.json"]["train"]["dataloader"], "_target_": "DataLoader"}
+    problems = _loader_problems(tmp_path / "own", {"train_vit.json": {"train#dataloader": own}})
+    assert problems and "configs/train_vit.json: `train#dataloader` is `DataLoader`" in problems[0]
+
+
+def test_a_plain_loader_without_random_transforms_is_not_reported(tmp_path):
+    """A config of its own (network_def) whose training items are not augmented (a linear probe on
+    fixed features) may keep a plain DataLoader; the same config with a random flip may not."""
+    train = _configs(ROOT / "bundles" / "gie_polyp_segmentation")["train.json"]
+    fixed = {"network_def": train["network_def"], "preprocessing": {"_target_": "Compose", "transforms": []},
+             "train": {"dataset": {"_target_": "Dataset", "data": [], "transform": "@preprocessing"},
+                       "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "shuffle": True}}}
+    assert _loader_problems(tmp_path / "fixed", {"probe.json": fixed}) == []
+    flipped = {**fixed, "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "RandFlipd", "keys": "image", "prob": 0.5}]}}
+    problems = _loader_problems(tmp_path / "flipped", {"probe.json": flipped})
+    assert len(problems) == 1 and "configs/probe.json: `train#dataloader` is `DataLoader`" in problems[0]
