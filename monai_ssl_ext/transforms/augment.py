@@ -79,6 +79,9 @@ class ViewAugment(RandomizableTrait):
         mean, std: normalisation statistics (per channel, or one value for every channel).
     """
 
+    #: views are plain tensors: :class:`~monai_ssl_ext.transforms.MultiViewd` hands it a plain copy of a MetaTensor
+    plain_views = True
+
     def __init__(
         self,
         size: int | Sequence[int] = 224,
@@ -268,6 +271,9 @@ class BYOLAugment(RandomizableTrait):
         jitter_prob: probability of applying the jitter (0.8).
         mean, std: dataset intensity statistics (SSL-MedSeg's ACDC values 67.27 / 84.66 by default).
     """
+
+    #: views are plain tensors: :class:`~monai_ssl_ext.transforms.MultiViewd` hands it a plain copy of a MetaTensor
+    plain_views = True
 
     def __init__(
         self,

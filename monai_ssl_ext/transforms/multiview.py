@@ -6,6 +6,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms.traits import RandomizableTrait
 
@@ -58,6 +59,16 @@ class MultiViewd(MapTransform, RandomizableTrait):
             if self.original_key is not None:
                 d[self.original_key] = image.clone() if isinstance(image, torch.Tensor) else image
             for name, t in zip(view_keys(str(key), len(self.transforms)), self.transforms):
-                view = image.clone() if isinstance(image, torch.Tensor) else image.copy()
-                d[name] = t(view)
+                d[name] = t(_view_input(image, t))
         return d
+
+
+def _view_input(image, transform):
+    """The copy of the input a view transform gets: a clone, or, for a transform that makes plain-tensor views
+    (``plain_views``, e.g. :class:`~monai_ssl_ext.transforms.ViewAugment`), a plain-tensor clone, since cloning a
+    MetaTensor deep-copies its metadata, which such a view drops anyway."""
+    if not isinstance(image, torch.Tensor):
+        return image.copy()
+    if getattr(transform, "plain_views", False) and isinstance(image, MetaTensor):
+        return image.as_tensor().clone()
+    return image.clone()

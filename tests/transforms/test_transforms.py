@@ -39,6 +39,25 @@ def test_multiview_asymmetric_monai_transforms_seeded():
     assert np.allclose(image, 0.0)  # input untouched
 
 
+def test_multiview_plain_copy_of_a_metatensor_gives_the_same_views_and_leaves_the_input():
+    """A MetaTensor reaches a plain-view transform (ViewAugment, BYOLAugment) as a plain copy: the same views as
+    from a MetaTensor clone, and neither the input's pixels nor its metadata change (the float path clamps in place,
+    and an identity-sized crop without flip would return its input)."""
+    from monai_ssl_ext.transforms import BYOLAugment
+
+    picture = MetaTensor(torch.rand(3, 16, 16) * 1.2 - 0.1, meta={"filename_or_obj": "a.png"})  # some values to clamp
+    before = picture.as_tensor().clone()
+    for aug in (SimCLRAugment(size=16, scale=(1.0, 1.0), hflip_prob=0.0), BYOLAugment(size=16, mean=0.5, std=0.2)):
+        assert aug.plain_views
+        torch.manual_seed(3)
+        views = MultiViewd("image", aug, n_views=2)({"image": picture})
+        torch.manual_seed(3)
+        reference = [aug(picture.clone()) for _ in range(2)]
+        for key, ref in zip(("image", "image_2"), reference):
+            assert type(views[key]) is torch.Tensor and torch.equal(views[key], ref)
+        assert torch.equal(picture.as_tensor(), before) and picture.meta["filename_or_obj"] == "a.png"
+
+
 def test_simclr_augment_normalises_to_minus_one_one():
     torch.manual_seed(1)
     aug = SimCLRAugment(size=16, jitter_prob=0.0, hflip_prob=0.0, scale=(1.0, 1.0))
