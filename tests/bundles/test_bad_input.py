@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,12 @@ class NaNAfter:
         if self.calls <= self.after:
             return loss
         if self.digest_at_nan is None:
+            # the epoch-1 checkpoint is written in the background while epoch 2 trains; it appears whole (atomic
+            # rename): the state of a run that diverges once it is on disk
+            deadline = time.monotonic() + 120
+            while not self.ckpt.exists():
+                assert time.monotonic() < deadline, f"the epoch-1 checkpoint {self.ckpt} never landed"
+                time.sleep(0.05)
             self.digest_at_nan = hashlib.sha256(self.ckpt.read_bytes()).hexdigest()
         return loss * float("nan")
 
