@@ -247,17 +247,12 @@ def _resolve(parser, value):
 
 def lightly_mocov3(configs: list[str], overrides: dict, epochs: int) -> None:
     """MoCo v3 on the bundle's network, optimizer, files and batch with lightly's BYOL-style asymmetric views (MoCo
-    v3's augmentation is BYOL's) and lightly's ``NTXentLoss`` on (q1, k2) and (q2, k1), and lightly's momentum
-    update."""
+    v3's augmentation is BYOL's; :func:`_asymmetric_views`, as for Barlow Twins) and lightly's ``NTXentLoss`` on
+    (q1, k2) and (q2, k1), and lightly's momentum update."""
     from lightly.loss import NTXentLoss
-    from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
     parser = _parser(configs, overrides)
-    view = parser.get("view_transform")
-    size = _resolve(parser, view.get("size", 224))
-    scale = _resolve(parser, view.get("scale", [0.08, 1.0]))
-    common = dict(input_size=size, min_scale=scale[0])
-    transform = BYOLTransform(BYOLView1Transform(**common), BYOLView2Transform(**common))
+    transform = _asymmetric_views(parser, parser.get("view_transform"))
     criterion = NTXentLoss(temperature=parser.get_parsed_content("temperature"))
 
     def step(network, batch):
@@ -305,7 +300,9 @@ def _asymmetric_views(parser, view: dict):
     0.2) with the bundle's ``AsymmetricAugment`` settings (its defaults where the config leaves them out)."""
     from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform, BYOLView2Transform
 
-    get = lambda key, default: _resolve(parser, view.get(key, default))  # noqa: E731
+    def get(key: str, default):
+        return _resolve(parser, view.get(key, default))
+
     jitter = get("jitter", [0.4, 0.4, 0.2, 0.1])
     blur, solarize = get("blur_probs", [1.0, 0.1]), get("solarize_probs", [0.0, 0.2])
     common = dict(input_size=get("size", 224), min_scale=get("scale", [0.08, 1.0])[0], hf_prob=get("hflip_prob", 0.5),

@@ -311,10 +311,19 @@ SEEDED_SAMPLERS = ("SeededDistributedSampler", "SeededRandomSampler", "SeededSeq
 RANDOM_TRANSFORM = re.compile(r"^Rand[A-Z]|Augment$|^(MultiViewd|MultiCropd|OneOfDistinctViewsd)$")
 
 
-def _short_target(component) -> str | None:
-    """The class name of a component (``monai_ssl_ext.seeding.augmenting_loader`` -> ``augmenting_loader``)."""
-    target = component.get("_target_") if isinstance(component, dict) else None
+def _class_name(target) -> str | None:
+    """The class name of a ``_target_`` string (``monai_ssl_ext.seeding.augmenting_loader`` -> ``augmenting_loader``)."""
     return target.rsplit(".", 1)[-1] if isinstance(target, str) else None
+
+
+def _short_target(component) -> str | None:
+    """The class name of a component's ``_target_``."""
+    return _class_name(component.get("_target_")) if isinstance(component, dict) else None
+
+
+def _targets(config: dict):
+    """The class names of every ``_target_`` in a config, at any depth."""
+    return (_class_name(text) for where, text in _strings(config) if where.endswith("_target_"))
 
 
 def _train_entry(config: dict, key: str):
@@ -326,8 +335,7 @@ def _train_entry(config: dict, key: str):
 
 
 def _has_random_transform(config: dict) -> bool:
-    return any(RANDOM_TRANSFORM.search(text.rsplit(".", 1)[-1]) for where, text in _strings(config)
-               if where.endswith("_target_"))
+    return any(RANDOM_TRANSFORM.search(name) for name in _targets(config))
 
 
 def _check_training_loaders(bundle: Path) -> list[str]:
@@ -347,8 +355,7 @@ def _check_training_loaders(bundle: Path) -> list[str]:
         loader = _short_target(own)
         if loader is not None and loader != TRAINING_LOADER and (name == "train.json" or random):
             problems.append(f"configs/{name}: `train#dataloader` is `{loader}`: {why}")
-        swapped = config.get("train#dataloader#_target_")
-        swapped = swapped.rsplit(".", 1)[-1] if isinstance(swapped, str) else None
+        swapped = _class_name(config.get("train#dataloader#_target_"))
         if swapped is not None and swapped != TRAINING_LOADER and main_loader == TRAINING_LOADER:
             problems.append(f"configs/{name}: `train#dataloader#_target_` replaces train.json's `{TRAINING_LOADER}` "
                             f"with `{swapped}`: {why}")
@@ -413,8 +420,7 @@ def _type_problem(kind: str, v) -> str | None:
 
 
 def _is_pretraining(config: dict) -> bool:
-    return any(text == "SSLTrainer" or text.endswith(".SSLTrainer") for where, text in _strings(config)
-               if where.endswith("_target_"))
+    return "SSLTrainer" in _targets(config)
 
 
 def _check_glossary(bundle: Path) -> list[str]:
