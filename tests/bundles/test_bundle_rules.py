@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from bundle_runner import run_configs
-from conftest import BUNDLES
-from conftest import ROOT, SCHEMA, load_script
+from conftest import BUNDLES, ROOT, SCHEMA, load_script
 
 IDS = [b.name for b in BUNDLES]
 PICTURES = (".png", ".jpg", ".jpeg", ".bmp")
