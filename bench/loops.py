@@ -18,8 +18,9 @@
   lightly's and what is the bundle's.
 
 Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
-"loss_last"}`` (the first and last step's loss); a sample is one network input (all its views): one item, or one
-crop of an item where the bundle draws several (``vitautoenc_ct``).
+"loss_last", "data_s", "step_s", "other_s"}`` (the first and last step's loss; where the seconds went, see
+:class:`Phases`); a sample is one network input (all its views): one item, or one crop of an item where the bundle
+draws several (``vitautoenc_ct``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,54 @@ def _parser(configs: list[str], overrides: dict):
     return parser
 
 
-def _report(seconds: float, samples: int, steps: int, losses: list[float] | None = None) -> None:
+class Phases:
+    """Where a timed run's seconds went: ``data`` waiting for the loader's next batch, ``step`` from a batch's
+    arrival to the end of its iteration (batch preparation, forward, loss, backward, optimizer step and every
+    per-iteration handler or rule), and the rest, ``other = seconds - data - step``: start-up, epoch boundaries
+    (new loader iterators, epoch-end handlers such as checkpoint and export) and the end of the run (waiting for
+    background writes)."""
+
+    def __init__(self):
+        self.data = self.step = 0.0
+        self._mark = 0.0
+
+    def waiting(self, *_) -> None:
+        """The loop asks the loader for a batch."""
+        self._mark = time.perf_counter()
+
+    def arrived(self, *_) -> None:
+        """The batch is there."""
+        now = time.perf_counter()
+        self.data += now - self._mark
+        self._mark = now
+
+    def done(self, *_) -> None:
+        """The iteration is over."""
+        self.step += time.perf_counter() - self._mark
+
+    def batches(self, loader):
+        """Iterate ``loader`` (one epoch), timing each wait and each iteration (the loop body between yields)."""
+        it = iter(loader)
+        while True:
+            self.waiting()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.arrived()
+            yield batch
+            self.done()
+
+
+def _report(seconds: float, samples: int, steps: int, losses: list[float] | None = None,
+            phases: Phases | None = None) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"seconds": seconds, "samples": samples, "steps": steps, "samples_per_s": samples / seconds,
            "peak_rss_mb": peak}
     if losses:  # the loss of the first and of the last step (a check that the loop trains on something)
         out.update(loss_first=losses[0], loss_last=losses[-1])
+    if phases is not None:
+        out.update(data_s=phases.data, step_s=phases.step, other_s=seconds - phases.data - phases.step)
     print(json.dumps(out))
 
 
@@ -63,19 +106,22 @@ def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
     workflow = ConfigWorkflow(config_file=configs, workflow_type=None, **{**overrides, "epochs": epochs})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    rows, losses = [], []
+    rows, losses, phases = [], [], Phases()
 
     def count(engine) -> None:
         batch = engine.state.batch  # MONAI decollates it into one dict per row (decollate=True) or leaves it a dict
         rows.append(len(batch) if isinstance(batch, (list, tuple)) else len(batch[trainer.view_keys[0]]))
         output = engine.state.output  # decollated too: every row carries the batch's loss
         losses.append(float((output[0] if isinstance(output, (list, tuple)) else output)["loss"]))
+        phases.done()
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
+    trainer.add_event_handler(Events.GET_BATCH_STARTED, phases.waiting)
+    trainer.add_event_handler(Events.GET_BATCH_COMPLETED, phases.arrived)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, count)  # after the bundle's own handlers
     start = time.perf_counter()
     workflow.run()
     seconds = time.perf_counter() - start
-    _report(seconds, sum(rows), trainer.state.iteration, losses)
+    _report(seconds, sum(rows), trainer.state.iteration, losses, phases)
 
 
 #: the training rules among a bundle's ``train#handlers`` (class names): the learning-rate schedule (per iteration or
@@ -125,13 +171,13 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     fire = (lambda event: None) if hub is None else hub.fire_event
     network.train()
     samples = steps = 0
-    losses = []
+    losses, phases = [], Phases()
     start = time.perf_counter()
     for epoch in range(epochs):
         if hub is not None:
             hub.state.epoch = epoch + 1
         fire(Events.EPOCH_STARTED)
-        for batch in loader:
+        for batch in phases.batches(loader):
             if hub is not None:
                 hub.state.iteration = steps + 1
             inputs, _, args, kwargs = trainer.prepare_batch(batch, trainer.state.device)
@@ -149,7 +195,7 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
             samples += inputs.shape[0]
             steps += 1
         fire(Events.EPOCH_COMPLETED)
-    _report(time.perf_counter() - start, samples, steps, losses)
+    _report(time.perf_counter() - start, samples, steps, losses, phases)
 
 
 def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=None, before_step=None) -> None:
@@ -176,13 +222,13 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
     network = parser.get_parsed_content("network").train()
     optimizer = parser.get_parsed_content("optimizer")
     samples = steps = 0
-    losses = []
+    losses, phases = [], Phases()
     total = epochs * len(loader)
     start = time.perf_counter()
     for epoch in range(epochs):
         if before_epoch is not None:
             before_epoch(network, epoch)
-        for batch in loader:
+        for batch in phases.batches(loader):
             if before_step is not None:
                 before_step(network, steps)
             loss = step(network, batch)
@@ -194,7 +240,7 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
             losses.append(float(loss))
             samples += batch[0].shape[0]
             steps += 1
-    _report(time.perf_counter() - start, samples, steps, losses)
+    _report(time.perf_counter() - start, samples, steps, losses, phases)
 
 
 def _picture_views(parser, transform):

@@ -16,6 +16,8 @@ from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_tensor
 from torchvision.transforms import v2
 
+from .colour import FastColorJitter
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AsymmetricAugment", "BYOLAugment", "SimCLRAugment", "ViewAugment",
            "blur_kernel_size"]
 
@@ -51,7 +53,8 @@ class ViewAugment(RandomizableTrait):
     ``RandomApply(GaussianBlur(blur_kernel, blur_sigma), blur_prob)`` →
     ``RandomApply(Solarize(solarize_threshold), solarize_prob)`` → ``Normalize(mean, std)``.
 
-    Steps whose probability is 0 are left out (grayscale, blur, solarize), so they draw no random numbers.
+    Steps whose probability is 0 are left out (grayscale, blur, solarize), so they draw no random numbers. The
+    jitter is :class:`~monai_ssl_ext.transforms.colour.FastColorJitter`: torchvision's, with a cheaper exact hue step.
     The flip commutes with the colour steps and the (symmetric) blur, so its place matches MoCo v3's pipeline
     (flip last) in distribution.
 
@@ -112,7 +115,7 @@ class ViewAugment(RandomizableTrait):
             v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=_INTERPOLATION[interpolation], antialias=True),
             v2.RandomHorizontalFlip(probs["hflip_prob"]),
         ])
-        steps = [v2.RandomApply([v2.ColorJitter(*jitter)], p=probs["jitter_prob"])]
+        steps = [v2.RandomApply([FastColorJitter(*jitter)], p=probs["jitter_prob"])]
         if probs["grayscale_prob"] > 0:
             steps.append(v2.RandomGrayscale(probs["grayscale_prob"]))
         if probs["blur_prob"] > 0:

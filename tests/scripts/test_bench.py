@@ -3,13 +3,14 @@ loops of Barlow Twins, SwAV and MAE on tiny data (skipped without the optional l
 
 What would be wrong: a mode that trains on other data or batch sizes than it reports, a plain loop that trains
 something else than the bundle (schedule, rules), ratios that are not the median of per-round ratios, a table that
-drops a bundle, results not written where asked, a lightly loop that optimises another objective than the bundle's
+drops a bundle, results not written where asked, phases that do not split a run's seconds, a lightly loop that optimises another objective than the bundle's
 or does not train on the bundle's items in whole batches."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
             # one whole epoch of full batches (drop_last) of 4, in every mode
             assert run["steps"] == train_items // 4 and run["samples"] == 4 * run["steps"], mode
             assert run["samples_per_s"] == pytest.approx(run["samples"] / run["seconds"])
+            # the phases split the timed seconds: waits and steps are parts of it, the rest is what is left
+            assert run["data_s"] > 0 and run["step_s"] > 0 and run["other_s"] >= 0, (mode, run)
+            assert run["data_s"] + run["step_s"] + run["other_s"] == pytest.approx(run["seconds"])
         assert entry["samples_per_s"][mode] == pytest.approx(statistics.median(r["samples_per_s"] for r in runs))
     for bundle_run, plain_run in zip(entry["runs"]["bundle"], entry["runs"]["plain"]):
         # the plain loop trains what the bundle trains (same seed, data, schedule): the same loss at every reported step
@@ -38,6 +42,8 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
         assert plain_run["loss_last"] == pytest.approx(bundle_run["loss_last"], rel=1e-5)
     per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(entry["runs"]["bundle"], entry["runs"]["plain"])]
     assert entry["ratio_vs_plain"] == pytest.approx(statistics.median(per_round))
+    other_gap = [a["other_s"] - b["other_s"] for a, b in zip(entry["runs"]["bundle"], entry["runs"]["plain"])]
+    assert entry["bundle_minus_plain_s"]["other"] == pytest.approx(statistics.median(other_gap))
     assert entry["augment_items_per_s"] > 0
     written = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert written["bundles"]["simclr_cholec"]["runs"] == entry["runs"]
@@ -65,6 +71,26 @@ _LIGHTLY_CASES = {
 def demo_cache(tmp_path_factory):
     """One folder of tiny demo data for the lightly loops (two of them share the Hyperkvasir pictures)."""
     return tmp_path_factory.mktemp("bench_data")
+
+
+def test_phases_split_a_loop_into_waits_and_steps():
+    """Phases times a loader's waits and the loop body separately: a loader that takes 50 ms per batch and a body
+    of 20 ms, three batches."""
+    from bench.loops import Phases
+
+    def slow_loader():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    phases = Phases()
+    seen = []
+    for batch in phases.batches(slow_loader()):
+        time.sleep(0.02)
+        seen.append(batch)
+    assert seen == [0, 1, 2]
+    assert 0.15 <= phases.data < 0.15 + 0.1
+    assert 0.06 <= phases.step < 0.06 + 0.1
 
 
 @pytest.mark.parametrize("name", sorted(_LIGHTLY_CASES))

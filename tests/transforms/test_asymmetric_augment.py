@@ -250,7 +250,8 @@ def test_view2_matches_the_torchvision_recipe():
 
 
 def test_simclr_augment_keeps_its_pipeline():
-    """SimCLRAugment (now a ViewAugment) still draws exactly the source-A torchvision pipeline."""
+    """SimCLRAugment (now a ViewAugment) still draws exactly the source-A torchvision pipeline (equal within float
+    rounding: its jitter's hue step is FastColorJitter's closed form of torchvision's HSV round trip)."""
     recipe = v2.Compose([
         v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True),
         v2.RandomHorizontalFlip(0.5),
@@ -265,4 +266,4 @@ def test_simclr_augment_keeps_its_pipeline():
         torch.manual_seed(i)
         expected = recipe(x)
         torch.manual_seed(i)
-        assert torch.allclose(aug(x), expected, atol=1e-6), i
+        assert torch.allclose(aug(x), expected, atol=1e-5), i
