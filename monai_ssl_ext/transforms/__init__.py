@@ -1,6 +1,6 @@
 from .augment import (IMAGENET_MEAN, IMAGENET_STD, AsymmetricAugment, BYOLAugment, SimCLRAugment, ViewAugment,
                       blur_kernel_size)
-from .colour import FastColorJitter, shift_hue
+from .photometric import FastColorJitter, FastGaussianBlur, gaussian_blur, shift_hue
 from .checks import CheckedLoadImage, CheckedLoadImaged, ImageReadError, LoadPictured, PictureChannelsd, source_name
 from .validate import CheckInputd, InputCheckError
 from .multiview import MultiViewd, view_keys

@@ -16,7 +16,7 @@ from monai.transforms.traits import RandomizableTrait
 from monai.utils import convert_to_tensor
 from torchvision.transforms import v2
 
-from .colour import FastColorJitter
+from .photometric import FastColorJitter, FastGaussianBlur
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AsymmetricAugment", "BYOLAugment", "SimCLRAugment", "ViewAugment",
            "blur_kernel_size"]
@@ -54,7 +54,8 @@ class ViewAugment(RandomizableTrait):
     ``RandomApply(Solarize(solarize_threshold), solarize_prob)`` → ``Normalize(mean, std)``.
 
     Steps whose probability is 0 are left out (grayscale, blur, solarize), so they draw no random numbers. The
-    jitter is :class:`~monai_ssl_ext.transforms.colour.FastColorJitter`: torchvision's, with a cheaper exact hue step.
+    jitter and blur are :class:`~monai_ssl_ext.transforms.photometric.FastColorJitter` and ``FastGaussianBlur``:
+    torchvision's, computed at a lower cost (a closed-form hue step, a separable blur).
     The flip commutes with the colour steps and the (symmetric) blur, so its place matches MoCo v3's pipeline
     (flip last) in distribution.
 
@@ -119,7 +120,7 @@ class ViewAugment(RandomizableTrait):
         if probs["grayscale_prob"] > 0:
             steps.append(v2.RandomGrayscale(probs["grayscale_prob"]))
         if probs["blur_prob"] > 0:
-            steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(blur_sigma))], p=probs["blur_prob"]))
+            steps.append(v2.RandomApply([FastGaussianBlur(kernel, sigma=tuple(blur_sigma))], p=probs["blur_prob"]))
         if probs["solarize_prob"] > 0:
             steps.append(v2.RandomSolarize(float(solarize_threshold), p=probs["solarize_prob"]))
         steps.append(v2.Normalize([float(m) for m in mean], [float(s) for s in std]))

@@ -25,7 +25,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import RandomizableTrait
 
-from .colour import FastColorJitter
+from .photometric import FastColorJitter, FastGaussianBlur
 
 __all__ = ["BinaryMaskd", "ColorJitterBlurd", "RandPairedAffined", "ResizeToMatchd"]
 
@@ -61,8 +61,8 @@ class BinaryMaskd(MapTransform):
 
 class ColorJitterBlurd(MapTransform, RandomizableTrait):
     """``ColorJitter(brightness, contrast, saturation, hue)`` then ``GaussianBlur(kernel, sigma)`` (torchvision v2;
-    the jitter's hue step is :func:`~monai_ssl_ext.transforms.colour.shift_hue`; random numbers from torch's global
-    generator), both always applied, to float images in [0, 1]."""
+    computed by :mod:`~monai_ssl_ext.transforms.photometric`: a closed-form hue step, a separable blur; random numbers
+    from torch's global generator), both always applied, to float images in [0, 1]."""
 
     def __init__(self, keys: KeysCollection, jitter: Sequence[float] = (0.4, 0.5, 0.25, 0.01),
                  blur_kernel: int = 25, blur_sigma: Sequence[float] = (0.001, 2.0), allow_missing_keys: bool = False):
@@ -72,7 +72,7 @@ class ColorJitterBlurd(MapTransform, RandomizableTrait):
         b, c, s, h = (float(v) for v in jitter)
         self.transform = v2.Compose([
             FastColorJitter(brightness=b, contrast=c, saturation=s, hue=h),
-            v2.GaussianBlur(int(blur_kernel), sigma=tuple(float(v) for v in blur_sigma)),
+            FastGaussianBlur(int(blur_kernel), sigma=tuple(float(v) for v in blur_sigma)),
         ])
 
     def __call__(self, data: Mapping) -> dict:
