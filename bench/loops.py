@@ -18,8 +18,8 @@
   lightly's and what is the bundle's.
 
 Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
-"loss_last", "data_s", "step_s", "other_s"}`` (the first and last step's loss; where the seconds went, see
-:class:`Phases`); a sample is one network input (all its views): one item, or one crop of an item where the bundle
+"loss_last", "data_s", "step_s", "other_s", "end_s"}`` (the first and last step's loss; where the seconds went,
+see :class:`Phases`); a sample is one network input (all its views): one item, or one crop of an item where the bundle
 draws several (``vitautoenc_ct``).
 """
 
@@ -48,11 +48,12 @@ class Phases:
     """Where a timed run's seconds went: ``data`` waiting for the loader's next batch, ``step`` from a batch's
     arrival to the end of its iteration (batch preparation, forward, loss, backward, optimizer step and every
     per-iteration handler or rule), and the rest, ``other = seconds - data - step``: start-up, epoch boundaries
-    (new loader iterators, epoch-end handlers such as checkpoint and export) and the end of the run (waiting for
-    background writes)."""
+    (new loader iterators, epoch-end handlers such as checkpoint and export) and the end of the run; ``end``, part
+    of ``other``: from the end of the last epoch (its epoch-end handlers included) to the end of the run, i.e. the
+    bundle's wait for its last checkpoint and export to reach the disk (0 for the bare loops)."""
 
     def __init__(self):
-        self.data = self.step = 0.0
+        self.data = self.step = self.end = 0.0
         self._mark = 0.0
 
     def waiting(self, *_) -> None:
@@ -91,7 +92,8 @@ def _report(seconds: float, samples: int, steps: int, losses: list[float] | None
     if losses:  # the loss of the first and of the last step (a check that the loop trains on something)
         out.update(loss_first=losses[0], loss_last=losses[-1])
     if phases is not None:
-        out.update(data_s=phases.data, step_s=phases.step, other_s=seconds - phases.data - phases.step)
+        out.update(data_s=phases.data, step_s=phases.step, other_s=seconds - phases.data - phases.step,
+                   end_s=phases.end)
     print(json.dumps(out))
 
 
@@ -115,13 +117,23 @@ def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
         losses.append(float((output[0] if isinstance(output, (list, tuple)) else output)["loss"]))
         phases.done()
 
+    epochs_end = []
+
+    def epoch_end(engine) -> None:
+        epochs_end.append(time.perf_counter())
+
+    def after_rules(engine) -> None:  # handlers that register their epoch-end step when the run starts come first
+        engine.add_event_handler(Events.EPOCH_COMPLETED, epoch_end)
+
     trainer.add_event_handler(Events.GET_BATCH_STARTED, phases.waiting)
     trainer.add_event_handler(Events.GET_BATCH_COMPLETED, phases.arrived)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, count)  # after the bundle's own handlers
+    trainer.add_event_handler(Events.STARTED, after_rules)
     start = time.perf_counter()
     workflow.run()
-    seconds = time.perf_counter() - start
-    _report(seconds, sum(rows), trainer.state.iteration, losses, phases)
+    end = time.perf_counter()
+    phases.end = end - epochs_end[-1]
+    _report(end - start, sum(rows), trainer.state.iteration, losses, phases)
 
 
 #: the training rules among a bundle's ``train#handlers`` (class names): the learning-rate schedule (per iteration or

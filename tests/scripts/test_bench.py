@@ -35,6 +35,8 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
             # the phases split the timed seconds: waits and steps are parts of it, the rest is what is left
             assert run["data_s"] > 0 and run["step_s"] > 0 and run["other_s"] >= 0, (mode, run)
             assert run["data_s"] + run["step_s"] + run["other_s"] == pytest.approx(run["seconds"])
+            # the wait after the last epoch is part of the rest; the bare loop has none
+            assert run["end_s"] <= run["other_s"] and (run["end_s"] > 0 if mode == "bundle" else run["end_s"] == 0)
         assert entry["samples_per_s"][mode] == pytest.approx(statistics.median(r["samples_per_s"] for r in runs))
     for bundle_run, plain_run in zip(entry["runs"]["bundle"], entry["runs"]["plain"]):
         # the plain loop trains what the bundle trains (same seed, data, schedule): the same loss at every reported step
@@ -44,6 +46,9 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
     assert entry["ratio_vs_plain"] == pytest.approx(statistics.median(per_round))
     other_gap = [a["other_s"] - b["other_s"] for a, b in zip(entry["runs"]["bundle"], entry["runs"]["plain"])]
     assert entry["bundle_minus_plain_s"]["other"] == pytest.approx(statistics.median(other_gap))
+    epochs_only = [a["samples"] / (a["seconds"] - a["end_s"]) / b["samples_per_s"]
+                   for a, b in zip(entry["runs"]["bundle"], entry["runs"]["plain"])]
+    assert entry["epochs_ratio_vs_plain"] == pytest.approx(statistics.median(epochs_only))
     assert entry["augment_items_per_s"] > 0
     written = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert written["bundles"]["simclr_cholec"]["runs"] == entry["runs"]
