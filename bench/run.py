@@ -14,6 +14,7 @@ run's final wait for its last writes (``end_s``, a once-per-run cost that a 1-ep
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from .loops import LIGHTLY
-from .settings import BUNDLES, COMMON, DATA
+from .settings import BUNDLES, COMMON, DATA, EPOCHS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,14 +79,14 @@ def augment_rate(configs: list[str], overrides: dict, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out: str = "bench/results",
+def main(bundles: str | None = None, rounds: int = 5, epochs: int | None = None, out: str = "bench/results",
          threads: int | None = None, augment_items: int = 32, lightly: bool = True) -> None:
-    """Benchmark ``bundles`` (comma-separated; default: every bundle in :data:`bench.settings.BUNDLES`) and print the
-    table."""
+    """Benchmark ``bundles`` (comma-separated; default: every bundle in :data:`bench.settings.BUNDLES`) for ``epochs``
+    whole epochs per run (default: each bundle's :data:`bench.settings.EPOCHS`) and print the table."""
     print(table(run_bench(bundles, rounds, epochs, out, threads, augment_items, lightly)))
 
 
-def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out: str = "bench/results",
+def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = None, out: str = "bench/results",
               threads: int | None = None, augment_items: int = 32, lightly: bool = True,
               overrides: dict | None = None, data: dict | None = None, cache: str | None = None) -> dict:
     """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``).
@@ -107,7 +108,7 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
     results = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                            "cpus": os.cpu_count(), "torch_threads": threads,
                            "gpu": _gpu_name()},
-               "rounds": rounds, "epochs": epochs, "bundles": {}}
+               "rounds": rounds, "bundles": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             kind, extra = BUNDLES[name]
@@ -115,23 +116,24 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
             configs = [str(cfg / "train.json"), str(cfg / "cpu_demo.json")]
             sizes = None if data is None else data.get(kind, {})
             base = {**COMMON, **extra, **(overrides or {}), "dataset_dir": demo_data(kind, cache, sizes)}
+            n_epochs = int(epochs or EPOCHS[name])
             modes = ["bundle", "plain"] + (["lightly"] if lightly and name in LIGHTLY and _lightly_available() else [])
             runs = {m: [] for m in modes}
             for r in range(rounds):
                 for mode in (modes if r % 2 == 0 else modes[::-1]):
                     root = Path(tmp) / f"{name}_{mode}_{r}"
                     loop = f"lightly:{name}" if mode == "lightly" else mode
-                    runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, epochs, threads))
-            entry = {"settings": extra, "demo_data": kind, "runs": runs,
+                    runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, n_epochs, threads))
+            entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
             for other in modes[1:]:
-                entry[f"ratio_vs_{other}"] = statistics.median(
-                    a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["bundle"], runs[other]))
-            # over the epochs only (their boundaries included, the run's final wait for its writes not)
-            for other in modes[1:]:
-                entry[f"epochs_ratio_vs_{other}"] = statistics.median(
-                    _epochs_rate(a) / _epochs_rate(b) for a, b in zip(runs["bundle"], runs[other]))
+                whole = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["bundle"], runs[other])]
+                # over the epochs only (their boundaries included, the run's final wait for its writes not)
+                epochs_only = [_epochs_rate(a) / _epochs_rate(b) for a, b in zip(runs["bundle"], runs[other])]
+                for key, ratios in ((f"ratio_vs_{other}", whole), (f"epochs_ratio_vs_{other}", epochs_only)):
+                    entry[key] = statistics.median(ratios)
+                    entry[f"{key}_interval"] = median_interval(ratios)
             # where the bundle's extra seconds go (median per-round difference to the plain loop, see loops.Phases)
             entry["bundle_minus_plain_s"] = {
                 phase: statistics.median(a[f"{phase}_s"] - b[f"{phase}_s"] for a, b in zip(runs["bundle"], runs["plain"]))
@@ -142,6 +144,22 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int = 2, out:
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "bench.md").write_text(table(results))
     return results
+
+
+def median_interval(values: list[float], level: float = 0.95) -> list[float]:
+    """A distribution-free confidence interval of the median of ``values`` (independent rounds): the order statistics
+    ``(x_(k), x_(n+1-k))`` with the largest ``k`` whose coverage ``1 - 2 P(Binomial(n, 1/2) < k)`` is at least
+    ``level``; with too few values for ``level`` (fewer than 6 at 95%) the whole range (``k = 1``). Returns
+    ``[low, high, coverage]``."""
+    xs, n = sorted(values), len(values)
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0 ** n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return [xs[k - 1], xs[n - k], coverage(k)]
 
 
 def _epochs_rate(run: dict) -> float:
@@ -157,23 +175,31 @@ def _gpu_name() -> str | None:
 
 
 def table(results: dict) -> str:
-    """The Markdown table of a results dict."""
+    """The Markdown table of a results dict: medians over rounds; after each ratio, in brackets, the interval of its
+    median (:func:`median_interval`, its coverage in the header)."""
     m = results["machine"]
+    coverage = min(e[k][2] for e in results["bundles"].values() for k in e if k.endswith("_interval"))
     lines = [f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
-             f"{results['rounds']} interleaved rounds of {results['epochs']} epochs (medians).", "",
-             "| bundle | bundle samples/s | plain samples/s | bundle / plain | lightly samples/s | bundle / lightly "
+             f"{results['rounds']} interleaved rounds (medians; [interval of the median ratio, coverage ≥ "
+             f"{coverage:.1%}]).", "",
+             "| bundle | epochs | bundle samples/s | plain samples/s | bundle / plain | lightly samples/s | bundle / lightly "
              "| epochs only: bundle / plain, / lightly | bundle − plain s: data / step / other (end) "
              "| augmentation items/s (1 process) | peak RSS bundle / plain (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(e: dict, key: str) -> str:
+        if key not in e:
+            return "–"
+        low, high, _ = e[f"{key}_interval"]
+        return f"{e[key]:.2f} [{low:.2f}, {high:.2f}]"
+
     for name, e in results["bundles"].items():
         sps, rss = e["samples_per_s"], e["peak_rss_mb"]
         light = f"{sps['lightly']:.1f}" if "lightly" in sps else "–"
-        ratio_l = f"{e['ratio_vs_lightly']:.2f}" if "ratio_vs_lightly" in e else "–"
         gap = " / ".join(f"{e['bundle_minus_plain_s'][p]:+.2f}" for p in ("data", "step", "other"))
         gap += f" ({e['bundle_minus_plain_s']['end']:+.2f})"
-        epochs = f"{e['epochs_ratio_vs_plain']:.2f}, " + (f"{e['epochs_ratio_vs_lightly']:.2f}"
-                                                          if "epochs_ratio_vs_lightly" in e else "–")
-        lines.append(f"| {name} | {sps['bundle']:.1f} | {sps['plain']:.1f} | {e['ratio_vs_plain']:.2f} | {light} | "
-                     f"{ratio_l} | {epochs} | {gap} | {e['augment_items_per_s']:.1f} | "
+        epochs = f"{ratio(e, 'epochs_ratio_vs_plain')}, {ratio(e, 'epochs_ratio_vs_lightly')}"
+        lines.append(f"| {name} | {e['epochs']} | {sps['bundle']:.1f} | {sps['plain']:.1f} | {ratio(e, 'ratio_vs_plain')} "
+                     f"| {light} | {ratio(e, 'ratio_vs_lightly')} | {epochs} | {gap} | {e['augment_items_per_s']:.1f} | "
                      f"{rss['bundle']:.0f} / {rss['plain']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -30,3 +30,18 @@ BUNDLES: dict[str, tuple[str, dict]] = {
     "joint_ssl_3d": ("ssl_slices", {"warmup_epochs": 0}),
     "vitautoenc_ct": ("tcia", {"val_interval": 1000}),
 }
+
+#: bundle -> the epochs a bench run lasts when ``--epochs`` is not given: at least 2, so that every run crosses an
+#: epoch boundary (the bundle's epoch-end checkpoint and export, written while the next epoch trains), and enough for
+#: a run of about 10 s or more on 2 CPU cores (shorter runs are dominated by the machine's moment-to-moment speed)
+EPOCHS: dict[str, int] = {
+    "simclr_cholec": 2,
+    "byol_acdc": 2,
+    "mocov3_hyperkvasir": 2,
+    "barlowtwins_hyperkvasir": 2,
+    "mae_hyperkvasir": 3,
+    "swav_slices": 2,
+    "deepclusterv2_slices": 2,
+    "joint_ssl_3d": 3,
+    "vitautoenc_ct": 10,
+}

@@ -53,7 +53,25 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
     written = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert written["bundles"]["simclr_cholec"]["runs"] == entry["runs"]
     md = (tmp_path / "out" / "bench.md").read_text()
-    assert md == table(res) and "| simclr_cholec |" in md and "2 interleaved rounds of 1 epochs" in md
+    assert md == table(res) and "| simclr_cholec | 1 |" in md and "2 interleaved rounds" in md
+    assert entry["epochs"] == 1 and entry["ratio_vs_plain_interval"] == [min(per_round), max(per_round), 0.5]
+
+
+@pytest.mark.parametrize("n, ranks", [(5, (1, 5)), (10, (2, 9)), (20, (6, 15)), (30, (10, 21))])
+def test_median_interval_is_the_binomial_order_statistics_interval(n, ranks):
+    """The interval of the median: the 95% ranks of the sign-test tables (the binomial with p = 1/2:
+    n 10 -> 2nd and 9th, 20 -> 6th and 15th, 30 -> 10th and 21st; at n 5 no pair reaches 95%, the range is
+    given), with the coverage P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(Binomial(n, 1/2) <= k - 1) from scipy."""
+    from scipy.stats import binom
+
+    from bench.run import median_interval
+
+    values = [float(v) for v in range(100, 100 - n, -1)]  # unsorted input: n distinct values, descending
+    low, high, coverage = median_interval(values)
+    ordered = sorted(values)
+    assert (low, high) == (ordered[ranks[0] - 1], ordered[ranks[1] - 1])
+    assert coverage == pytest.approx(1 - 2 * binom.cdf(ranks[0] - 1, n, 0.5))
+    assert coverage >= 0.95 or ranks == (1, n)
 
 
 #: reduced settings of the lightly loops added for Barlow Twins, SwAV and MAE: demo data kind, its generator
