@@ -28,6 +28,8 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 from monai.utils.enums import CommonKeys as Keys
 
+from monai_ssl_ext.malloc import retain_freed_memory
+
 __all__ = [
     "SSLTrainer",
     "SSLEvaluator",
@@ -129,7 +131,8 @@ class SSLTrainer(SupervisedTrainer):
         every ``accumulation_steps`` iterations and at the end of each epoch;
         ``engine.state.output["loss"]`` stays the unscaled batch loss), ``amp`` (on CUDA: autocast
         and ``GradScaler``; on CPU: bfloat16 autocast, see :class:`ViewsInferer`), ``amp_kwargs``,
-        ``optim_set_to_none``, ``compile``. ``prepare_batch`` defaults to :class:`PrepareViews`, the
+        ``optim_set_to_none``, ``compile``. ``retain_freed_memory`` (default True): before the run, glibc is told
+        to keep freed memory for reuse (:mod:`monai_ssl_ext.malloc`). ``prepare_batch`` defaults to :class:`PrepareViews`, the
         ``inferer`` to :class:`ViewsInferer`. ``engine.loss_function`` is the :class:`SSLLoss`
         wrapper; the given loss is ``engine.loss_function.loss``.
     """
@@ -147,9 +150,11 @@ class SSLTrainer(SupervisedTrainer):
         extra_keys: Sequence[str] = (),
         prepare_batch: Callable | None = None,
         inferer: Inferer | None = None,
+        retain_freed_memory: bool = True,
         **kwargs,
     ):
         self.view_keys = list(view_keys)
+        self.retain_freed_memory = bool(retain_freed_memory)
         super().__init__(
             device,
             max_epochs,
@@ -165,6 +170,13 @@ class SSLTrainer(SupervisedTrainer):
         if inferer is None:
             self.inferer = ViewsInferer(self.amp, self.amp_kwargs)
         self.add_event_handler(IterationEvents.MODEL_COMPLETED, _detach_loss)
+
+    def run(self) -> None:
+        """MONAI's ``run``; with ``retain_freed_memory`` (the default), glibc first keeps freed memory for reuse
+        (:func:`monai_ssl_ext.malloc.retain_freed_memory`: no fresh page faults for each step's activations)."""
+        if self.retain_freed_memory:
+            retain_freed_memory()
+        super().run()
 
 
 def _detach_loss(engine) -> None:
