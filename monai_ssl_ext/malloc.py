@@ -6,8 +6,8 @@ and allocates them again at the next step; when they land on the kernel's side o
 its memory in afresh, page by page, each page zeroed by the kernel. Measured on ``byol_acdc``'s bench setting (CPU
 demo, 2 epochs, 54 steps), page faults of the training process during the run: 1.9 million through
 ``monai.bundle run`` against 0.8 million in the bench's plain PyTorch loop over the same components (the bundle's
-objects move the adaptive threshold), and 2 s more system CPU time. With freed memory kept for reuse: 0.08 million in
-either mode, and the bundle ran 4% faster than the plain loop in 2 of 2 back-to-back pairs (it had been 5–15%
+objects move the adaptive threshold), and 2 s more system CPU time. With freed memory kept for reuse: 0.08 million (the
+plain loop given the same setting by the environment variables below: 0.08 million too), and the bundle ran 4% faster than the plain loop in 2 of 2 back-to-back pairs (it had been 5–15%
 slower). The same effect as the environment variables ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``,
 applied from inside the process.
 """
