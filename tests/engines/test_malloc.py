@@ -7,14 +7,14 @@ of minor page faults (``getrusage``), taken in a fresh process because the setti
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="mallopt is glibc's")
+from monai_ssl_ext.malloc import has_glibc
+
+pytestmark = pytest.mark.skipif(not has_glibc(), reason="mallopt is glibc's")
 
 _FAULTS = """
 import resource, sys, torch
