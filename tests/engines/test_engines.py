@@ -118,6 +118,39 @@ def test_gradient_accumulation_steps_every_k_iterations_and_flushes_each_epoch()
     assert grads_before_backward == [False, True, True, True, False, True] * 2
 
 
+def test_gradients_are_released_before_each_backward_by_default_with_the_same_weights():
+    """Default ``optim_set_to_none=True`` (torch's ``zero_grad()``, unlike MONAI's default): no gradient exists when a
+    step's backward starts, and the weights after two epochs equal those of a run that fills the gradients with zeros
+    (``optim_set_to_none=False``) and of a hand-written SGD loop over the same batches."""
+    data = _data(12, seed=3)
+    weights, seen = {}, {}
+    for label, kwargs in (("default", {}), ("zero-filled", {"optim_set_to_none": False})):
+        torch.manual_seed(4)
+        net = _Pair()
+        trainer, steps, _ = _trainer(net, data, batch_size=4, max_epochs=2, **kwargs)
+        seen[label] = []
+        trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED,
+                                  lambda e, s=seen[label], n=net: s.append(n.f.weight.grad is not None))
+        trainer.run()
+        assert steps == [1, 2, 3, 4, 5, 6]
+        weights[label] = copy.deepcopy(net.state_dict())
+    assert seen["default"] == [False] * 6  # released: nothing to fill or add into
+    assert seen["zero-filled"] == [False] + [True] * 5  # MONAI's default keeps (zeroed) gradients
+    torch.manual_seed(4)
+    ref = _Pair()
+    for _ in range(2):
+        for i in range(0, 12, 4):
+            x1 = torch.stack([d["image"] for d in data[i : i + 4]])
+            x2 = torch.stack([d["image_2"] for d in data[i : i + 4]])
+            grads = torch.autograd.grad(_pair_loss(*ref(x1, x2)), list(ref.parameters()))
+            with torch.no_grad():
+                for p, g in zip(ref.parameters(), grads):
+                    p -= 0.1 * g
+    for label in weights:
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(weights[label][key], value, rtol=1e-6, atol=1e-7, msg=f"{label}: {key}")
+
+
 # ---- (b) amp in the evaluator ---------------------------------------------------------------
 
 
