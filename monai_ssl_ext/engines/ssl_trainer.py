@@ -132,12 +132,12 @@ class SSLTrainer(SupervisedTrainer):
         ``engine.state.output["loss"]`` stays the unscaled batch loss), ``amp`` (on CUDA: autocast
         and ``GradScaler``; on CPU: bfloat16 autocast, see :class:`ViewsInferer`), ``amp_kwargs``,
         ``compile``. ``optim_set_to_none`` (default True here, False in MONAI): gradients are released before each
-        step's backward, as torch's ``Optimizer.zero_grad()`` and the plain and lightly loops of ``bench`` do, instead of
-        filled with zeros and accumulated into (the same gradients, without a zero fill and an extra add per parameter
-        and step: 3% of a DeepCluster-v2 CPU-demo run); a parameter without a gradient in a step is then left alone by
-        the optimizer (no weight decay or momentum move). ``retain_freed_memory`` (default True): before the run, glibc
-        is told to keep freed memory for reuse (:mod:`monai_ssl_ext.malloc`). ``prepare_batch`` defaults to
-        :class:`PrepareViews`, the ``inferer`` to :class:`ViewsInferer`. ``engine.loss_function`` is the
+        step's backward, as torch's ``Optimizer.zero_grad()`` and the plain and lightly loops of ``bench`` do,
+        instead of filled with zeros and accumulated into (the same gradients, without a zero fill and an extra add
+        per parameter and step: 3% of a DeepCluster-v2 CPU-demo run); a parameter without a gradient in a step is then
+        left alone by the optimizer (no weight decay or momentum move). ``retain_freed_memory`` (default True): before
+        the run, glibc is told to keep freed memory for reuse (:mod:`monai_ssl_ext.malloc`). ``prepare_batch``
+        defaults to :class:`PrepareViews`, the ``inferer`` to :class:`ViewsInferer`. ``engine.loss_function`` is the
         :class:`SSLLoss` wrapper; the given loss is ``engine.loss_function.loss``.
     """
 
