@@ -21,9 +21,10 @@ import resource, sys, torch
 from monai_ssl_ext.malloc import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
-torch.empty(16 * 2**20, dtype=torch.uint8).fill_(1)  # one block first: glibc's adaptive threshold sees a free
+for _ in range(5):  # the first steps: the allocator settles (glibc's adaptive threshold, alignment slack)
+    torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):  # a step's activations: 64 MiB allocated, written, freed, allocated again
+for _ in range(15):  # the steps after: a step's activations, 64 MiB allocated, written, freed, allocated again
     torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -36,11 +37,12 @@ def _faults(mode: str) -> int:
 
 def test_freed_memory_is_reused_without_new_page_faults():
     default, retained = _faults("default"), _faults("retain")
-    # by default each of the 20 allocations is a fresh mapping, faulted in page by page (20 x 16384 pages of 4 KiB,
-    # fewer where the kernel backs them with huge pages); retained, the first allocation faults and the next 19
-    # reuse it
+    # by default each of the 15 counted allocations is a fresh mapping, faulted in page by page (15 x 16384 pages of
+    # 4 KiB, fewer where the kernel backs them with huge pages); retained, they reuse memory the first steps faulted
+    # in. Counted from the 6th allocation on: which of the first few fault (one or two, by alignment slack) varies
+    # between machines, the steady state does not
     assert retained * 5 < default, (retained, default)
-    assert retained <= 2 * 64 * 2**20 // 4096, retained
+    assert retained < 64 * 2**20 // 4096, retained  # fewer than one allocation's pages over 15 steps
 
 
 def test_the_ssl_trainer_applies_it_before_its_run(monkeypatch):
