@@ -9,6 +9,10 @@ waiting for batches, steps and the rest (start-up, epoch boundaries, end of the 
 table shows the median per-round difference between the bundle and the plain loop in each, and the ratios over the
 epochs only: whole epochs with their boundaries (the bundle's epoch-end checkpoint and export included), without the
 run's final wait for its last writes (``end_s``, a once-per-run cost that a 1-epoch bench run weighs heavily).
+
+``--variants`` adds bundle runs with other config values to the same rounds, e.g. the options to choose by
+measurement on a machine: ``python -m bench --bundles simclr_cholec --variants '{"no_cl": {"channels_last": false},
+"amp": {"amp": true}, "compile": {"train#trainer#compile": true}}'``; each is reported as variant / bundle.
 """
 
 from __future__ import annotations
@@ -85,16 +89,22 @@ def augment_rate(configs: list[str], overrides: dict, n: int, repeats: int = 5) 
 
 
 def main(bundles: str | None = None, rounds: int = 5, epochs: int | None = None, out: str = "bench/results",
-         threads: int | None = None, augment_items: int = 32, lightly: bool = True) -> None:
+         threads: int | None = None, augment_items: int = 32, lightly: bool = True,
+         variants: dict | None = None) -> None:
     """Benchmark ``bundles`` (comma-separated; default: every bundle in :data:`bench.settings.BUNDLES`) for ``epochs``
-    whole epochs per run (default: each bundle's :data:`bench.settings.EPOCHS`) and print the table."""
-    print(table(run_bench(bundles, rounds, epochs, out, threads, augment_items, lightly)))
+    whole epochs per run (default: each bundle's :data:`bench.settings.EPOCHS`) and print the table; ``variants``
+    (label -> config overrides) adds the bundle run with those values to each round."""
+    print(table(run_bench(bundles, rounds, epochs, out, threads, augment_items, lightly, variants=variants)))
 
 
 def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = None, out: str = "bench/results",
               threads: int | None = None, augment_items: int = 32, lightly: bool = True,
-              overrides: dict | None = None, data: dict | None = None, cache: str | None = None) -> dict:
+              overrides: dict | None = None, data: dict | None = None, cache: str | None = None,
+              variants: dict | None = None) -> dict:
     """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``).
+
+    ``variants`` (label -> config overrides): in each round, after the modes, the bundle run once more per variant
+    with those values; ``entry["variants"][label]`` holds its runs and the median per-round ratio variant / bundle.
 
     ``overrides`` (config ids, every bundle and mode), ``data`` (demo data kind -> generator arguments, replacing
     :data:`bench.settings.DATA`) and ``cache`` (folder of the demo data) shrink it, e.g. for a test."""
@@ -106,6 +116,10 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
     unknown = [b for b in names if b not in BUNDLES]
     if unknown:
         raise ValueError(f"no bench settings for {unknown}; known: {sorted(BUNDLES)}")
+    variants = dict(variants or {})
+    bad = {k: v for k, v in variants.items() if not isinstance(v, dict)}
+    if bad:
+        raise ValueError(f"--variants: each variant is a label and a dict of config overrides, got {bad}")
     threads = int(threads or os.cpu_count() or 1)
     out_dir = ROOT / out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,11 +138,16 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             n_epochs = int(epochs or EPOCHS[name])
             modes = ["bundle", "plain"] + (["lightly"] if lightly and name in LIGHTLY and _lightly_available() else [])
             runs = {m: [] for m in modes}
+            variant_runs = {label: [] for label in variants}
             for r in range(rounds):
                 for mode in (modes if r % 2 == 0 else modes[::-1]):
                     root = Path(tmp) / f"{name}_{mode}_{r}"
                     loop = f"lightly:{name}" if mode == "lightly" else mode
                     runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, n_epochs, threads))
+                for i, (label, values) in enumerate(variants.items()):
+                    root = Path(tmp) / f"{name}_variant{i}_{r}"
+                    variant_runs[label].append(run_mode("bundle", configs, {**base, **values, "bundle_root": str(root)},
+                                                        n_epochs, threads))
             entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
@@ -143,12 +162,23 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             entry["bundle_minus_plain_s"] = {
                 phase: statistics.median(a[f"{phase}_s"] - b[f"{phase}_s"] for a, b in zip(runs["bundle"], runs["plain"]))
                 for phase in ("data", "step", "other", "end")}
+            if variants:
+                entry["variants"] = {label: _variant(variants[label], runs["bundle"], variant_runs[label])
+                                     for label in variants}
             entry["augment_items_per_s"] = augment_rate(configs, {**base, "bundle_root": str(Path(tmp) / "aug")},
                                                         augment_items)
             results["bundles"][name] = entry
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "bench.md").write_text(table(results))
     return results
+
+
+def _variant(overrides: dict, bundle_runs: list[dict], runs: list[dict]) -> dict:
+    """A variant's entry: its overrides and runs, the median samples/s, and the median per-round ratio to the
+    bundle run of the same round (with its interval)."""
+    ratios = [v["samples_per_s"] / b["samples_per_s"] for v, b in zip(runs, bundle_runs)]
+    return {"overrides": overrides, "runs": runs, "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
+            "ratio_vs_bundle": statistics.median(ratios), "ratio_vs_bundle_interval": median_interval(ratios)}
 
 
 def median_interval(values: list[float], level: float = 0.95) -> list[float]:
@@ -207,4 +237,11 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | {e['epochs']} | {sps['bundle']:.1f} | {sps['plain']:.1f} | {ratio(e, 'ratio_vs_plain')} "
                      f"| {light} | {ratio(e, 'ratio_vs_lightly')} | {epochs} | {gap} | {e['augment_items_per_s']:.1f} | "
                      f"{rss['bundle']:.0f} / {rss['plain']:.0f} |")
+    rows = [(name, label, v) for name, e in results["bundles"].items() for label, v in e.get("variants", {}).items()]
+    if rows:
+        lines += ["", "| bundle | variant | overrides | variant samples/s | variant / bundle |", "|---|---|---|---|---|"]
+        for name, label, v in rows:
+            low, high, _ = v["ratio_vs_bundle_interval"]
+            lines.append(f"| {name} | {label} | `{json.dumps(v['overrides'])}` | {v['samples_per_s']:.1f} "
+                         f"| {v['ratio_vs_bundle']:.2f} [{low:.2f}, {high:.2f}] |")
     return "\n".join(lines) + "\n"

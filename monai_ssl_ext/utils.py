@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool", "cpu_workers", "close_distributed", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
+__all__ = ["as_bool", "cpu_workers", "close_distributed", "ddp_module", "encoder_param_groups", "epoch_milestones", "finetune_param_groups", "image_meta", "init_distributed",
            "log_on_rank_zero", "non_encoder_params", "sync_batchnorm", "weight_decay_param_groups"]
 
 
@@ -105,6 +105,21 @@ def sync_batchnorm(network):
     import torch
 
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) if torch.cuda.is_available() else network
+
+
+def ddp_module(network, device, sync_bn: bool = False, channels_last: bool = False):
+    """The module a multi-GPU config wraps in ``DistributedDataParallel``: ``network`` with synchronised BatchNorm
+    (:func:`sync_batchnorm`, with ``sync_bn``), stored channels-last (with ``channels_last``, the trainer's id) and on
+    ``device``. The layout is set before the wrap: DDP lays out its gradient buckets with the parameters' strides
+    when it is built, and a layout changed later (by the trainer) makes it copy every gradient between the two
+    layouts at each step (correct, slower)."""
+    from .memory_format import network_to_channels_last
+
+    if sync_bn:
+        network = sync_batchnorm(network)
+    if channels_last:
+        network = network_to_channels_last(network)
+    return network.to(device)
 
 
 def weight_decay_param_groups(network, weight_decay: float, no_decay: list[str] | tuple[str, ...] = ()) -> list[dict]:

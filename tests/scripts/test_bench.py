@@ -21,7 +21,8 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
     res = run_bench("simclr_cholec", rounds=2, epochs=1, out=str(tmp_path / "out"), threads=1, augment_items=4,
                     lightly=False, cache=str(tmp_path / "data"),
                     overrides={"backbone": "timm/resnet10t", "image_size": 32, "batch_size": 4, "num_workers": 0},
-                    data={"cholec": {"n_videos": 4, "frames_per_video": 6}})
+                    data={"cholec": {"n_videos": 4, "frames_per_video": 6}},
+                    variants={"contiguous": {"channels_last": False}})
     entry = res["bundles"]["simclr_cholec"]
     modes = ["bundle", "plain"]  # lightly is an optional extra (its loops run in `python -m bench`)
     assert sorted(entry["runs"]) == sorted(modes)
@@ -55,6 +56,16 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert md == table(res) and "| simclr_cholec | 1 |" in md and "2 interleaved rounds" in md
     assert entry["epochs"] == 1 and entry["ratio_vs_plain_interval"] == [min(per_round), max(per_round), 0.5]
+    # a variant: the bundle run with other config values in the same rounds, reported against the bundle run
+    variant = entry["variants"]["contiguous"]
+    assert variant["overrides"] == {"channels_last": False} and len(variant["runs"]) == 2
+    for run, bundle_run in zip(variant["runs"], entry["runs"]["bundle"]):
+        # the same training in another memory layout: the same first loss, the same steps
+        assert run["steps"] == bundle_run["steps"]
+        assert run["loss_first"] == pytest.approx(bundle_run["loss_first"], rel=1e-4)
+    ratios = [v["samples_per_s"] / b["samples_per_s"] for v, b in zip(variant["runs"], entry["runs"]["bundle"])]
+    assert variant["ratio_vs_bundle"] == pytest.approx(statistics.median(ratios))
+    assert f"| simclr_cholec | contiguous | `{json.dumps({'channels_last': False})}` |" in md
 
 
 @pytest.mark.parametrize("n, ranks", [(5, (1, 5)), (10, (2, 9)), (20, (6, 15)), (30, (10, 21))])
