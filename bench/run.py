@@ -239,7 +239,8 @@ def table(results: dict) -> str:
                      f"{rss['bundle']:.0f} / {rss['plain']:.0f} |")
     rows = [(name, label, v) for name, e in results["bundles"].items() for label, v in e.get("variants", {}).items()]
     if rows:
-        lines += ["", "| bundle | variant | overrides | variant samples/s | variant / bundle |", "|---|---|---|---|---|"]
+        lines += ["", "| bundle | variant | overrides | variant samples/s | variant / bundle |",
+                  "|---|---|---|---|---|"]
         for name, label, v in rows:
             low, high, _ = v["ratio_vs_bundle_interval"]
             lines.append(f"| {name} | {label} | `{json.dumps(v['overrides'])}` | {v['samples_per_s']:.1f} "

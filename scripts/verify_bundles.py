@@ -93,7 +93,8 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "device": ("str", "torch device expression (cuda:LOCAL_RANK under torchrun)"),
     "seed": ("int", "seed of set_determinism and of every seeded choice"),
     "amp": ("bool", "automatic mixed precision in trainer and evaluator"),
-    "channels_last": ("bool", "SSL trainer: convolution weights and views stored channels-last (same values; on where measured faster)"),
+    "channels_last": ("bool", "SSL trainer: convolution weights and views stored channels-last "
+                              "(same values; on where measured faster)"),
     "epochs": ("int", "training epochs (trainer max_epochs)"),
     "epoch_length": ("int|null", "iterations per epoch (null: the whole loader)"),
     "batch_size": ("int", "items per batch, per process"),

@@ -30,7 +30,8 @@ def test_channels_last_keeps_values_and_has_the_channels_last_strides():
     flat = y.as_strided((y.numel(),), (1,))
     assert flat[1 * h * w * c + 2 * w * c + 3 * c + 1] == x[1, 1, 2, 3]
     v = torch.randn(2, 3, 4, 5, 6)
-    assert torch.equal(to_channels_last(v), v) and to_channels_last(v).is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(to_channels_last(v), v)
+    assert to_channels_last(v).is_contiguous(memory_format=torch.channels_last_3d)
     z = torch.randn(4, 5)
     assert to_channels_last(z) is z
 
@@ -56,7 +57,8 @@ def _loss(z1, z2):
 
 def _train(network: nn.Module, channels_last: bool) -> nn.Module:
     g = torch.Generator().manual_seed(0)
-    data = [{"image": torch.randn(3, 9, 9, generator=g), "image_2": torch.randn(3, 9, 9, generator=g)} for _ in range(8)]
+    data = [{"image": torch.randn(3, 9, 9, generator=g), "image_2": torch.randn(3, 9, 9, generator=g)}
+            for _ in range(8)]
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
     trainer = SSLTrainer("cpu", 2, DataLoader(data, batch_size=4), network, optimizer, _loss,
                          channels_last=channels_last, retain_freed_memory=False)
