@@ -101,8 +101,11 @@ class SSLLoss:
 
 class ViewsInferer(Inferer):
     """``network(inputs, *args, **kwargs)``; with ``amp`` on a non-CUDA device, under that device's
-    ``torch.autocast`` (``amp_kwargs``, e.g. ``{"dtype": torch.bfloat16}``). On CUDA MONAI's engines
-    already run the forward under ``torch.autocast("cuda", **amp_kwargs)``."""
+    ``torch.autocast`` (``amp_kwargs``, e.g. ``{"dtype": torch.bfloat16}``), its floating outputs then returned in
+    float32: the loss runs outside this autocast and would otherwise compute in the low precision (SimCLR's loss
+    from bfloat16 outputs was 4.00000 where float32 gives 4.02870; on CUDA the loss runs under MONAI's autocast,
+    whose float32 ops include the softmax, log and sums). On CUDA MONAI's engines already run the forward under
+    ``torch.autocast("cuda", **amp_kwargs)``."""
 
     def __init__(self, amp: bool = False, amp_kwargs: dict | None = None):
         super().__init__()
@@ -113,8 +116,20 @@ class ViewsInferer(Inferer):
         device_type = inputs.device.type if isinstance(inputs, torch.Tensor) else "cpu"
         if self.amp and device_type != "cuda":
             with torch.autocast(device_type, **self.amp_kwargs):
-                return network(inputs, *args, **kwargs)
+                outputs = network(inputs, *args, **kwargs)
+            return _float32(outputs)
         return network(inputs, *args, **kwargs)
+
+
+def _float32(outputs):
+    """``outputs`` (a tensor, or tuples / lists / dicts of them) with floating tensors in float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return type(outputs)((k, _float32(v)) for k, v in outputs.items())
+    if isinstance(outputs, (list, tuple)) and not hasattr(outputs, "_fields"):
+        return type(outputs)(_float32(v) for v in outputs)
+    return outputs
 
 
 def _ssl_loss(loss_function: Callable) -> SSLLoss:
