@@ -19,8 +19,8 @@
 
 Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
 "loss_last", "data_s", "step_s", "other_s", "end_s"}`` (the first and last step's loss; where the seconds went,
-see :class:`Phases`); a sample is one network input (all its views): one item, or one crop of an item where the bundle
-draws several (``vitautoenc_ct``).
+see :class:`Phases`), and in bundle runs ``"channels_last"``, the layout the network trained in; a sample is one
+network input (all its views): one item, or one crop of an item where the bundle draws several (``vitautoenc_ct``).
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ class Phases:
 
 
 def _report(seconds: float, samples: int, steps: int, losses: list[float] | None = None,
-            phases: Phases | None = None) -> None:
+            phases: Phases | None = None, **extra) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"seconds": seconds, "samples": samples, "steps": steps, "samples_per_s": samples / seconds,
-           "peak_rss_mb": peak}
+           "peak_rss_mb": peak, **extra}
     if losses:  # the loss of the first and of the last step (a check that the loop trains on something)
         out.update(loss_first=losses[0], loss_last=losses[-1])
     if phases is not None:
@@ -133,7 +133,18 @@ def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
     workflow.run()
     end = time.perf_counter()
     phases.end = end - epochs_end[-1]
-    _report(end - start, sum(rows), trainer.state.iteration, losses, phases)
+    _report(end - start, sum(rows), trainer.state.iteration, losses, phases,
+            channels_last=trained_channels_last(trainer.network))
+
+
+def trained_channels_last(network: torch.nn.Module) -> bool | None:
+    """Whether the trained ``network``'s convolution kernels (4-D and 5-D weights wider than 1 in space) are stored
+    channels-last, and not contiguous: the layout the run trained in (None: the network has no such kernel)."""
+    kernels = [p for p in network.parameters() if p.dim() in (4, 5) and max(p.shape[2:]) > 1]
+    if not kernels:
+        return None
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return all(p.is_contiguous(memory_format=formats[p.dim()]) and not p.is_contiguous() for p in kernels)
 
 
 #: the training rules among a bundle's ``train#handlers`` (class names): the learning-rate schedule (per iteration or

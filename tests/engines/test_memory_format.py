@@ -105,7 +105,8 @@ def test_an_encoder_trained_channels_last_computes_the_same_features_downstream(
     downstream = build_backbone("resnet10", in_channels=3)  # default layout
     load_encoder(downstream, str(path))
     x = torch.randn(2, 3, 32, 32)
-    trained.eval(), downstream.eval()
+    trained.eval()
+    downstream.eval()
     with torch.no_grad():
         torch.testing.assert_close(downstream(x), trained(to_channels_last(x)), rtol=1e-4, atol=1e-5)
 

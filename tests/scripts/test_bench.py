@@ -63,6 +63,9 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
         # the same training in another memory layout: the same first loss, the same steps
         assert run["steps"] == bundle_run["steps"]
         assert run["loss_first"] == pytest.approx(bundle_run["loss_first"], rel=1e-4)
+        # the override reached the trainer: the bundle run (train.json: channels_last true) trained channels-last,
+        # the variant in PyTorch's default layout
+        assert bundle_run["channels_last"] is True and run["channels_last"] is False
     ratios = [v["samples_per_s"] / b["samples_per_s"] for v, b in zip(variant["runs"], entry["runs"]["bundle"])]
     assert variant["ratio_vs_bundle"] == pytest.approx(statistics.median(ratios))
     assert f"| simclr_cholec | contiguous | `{json.dumps({'channels_last': False})}` |" in md
