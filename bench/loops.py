@@ -138,13 +138,15 @@ def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
 
 
 def trained_channels_last(network: torch.nn.Module) -> bool | None:
-    """Whether the trained ``network``'s convolution kernels (4-D and 5-D weights wider than 1 in space) are stored
-    channels-last, and not contiguous: the layout the run trained in (None: the network has no such kernel)."""
+    """Whether the trained ``network``'s convolution kernels (4-D and 5-D weights wider than 1 in space) are all stored
+    channels-last, some of them not contiguous (a kernel of one input channel is both): the layout the run
+    trained in (None: the network has no such kernel)."""
     kernels = [p for p in network.parameters() if p.dim() in (4, 5) and max(p.shape[2:]) > 1]
     if not kernels:
         return None
     formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    return all(p.is_contiguous(memory_format=formats[p.dim()]) and not p.is_contiguous() for p in kernels)
+    return (all(p.is_contiguous(memory_format=formats[p.dim()]) for p in kernels)
+            and not all(p.is_contiguous() for p in kernels))
 
 
 #: the training rules among a bundle's ``train#handlers`` (class names): the learning-rate schedule (per iteration or

@@ -88,6 +88,22 @@ def test_median_interval_is_the_binomial_order_statistics_interval(n, ranks):
     assert coverage >= 0.95 or ranks == (1, n)
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_the_reported_layout_is_the_networks(in_channels):
+    """A bundle run reports ``channels_last`` from the trained network's kernels: False in PyTorch's default layout,
+    True once converted, also when the first kernel has one input channel (grey images: BYOL's ACDC), whose two
+    layouts are the same strides (the first version of the check read it as not channels-last)."""
+    import torch
+
+    from bench.loops import trained_channels_last
+    from monai_ssl_ext.memory_format import network_to_channels_last
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3), torch.nn.Conv2d(8, 8, 3), torch.nn.Conv2d(8, 4, 1))
+    assert trained_channels_last(network) is False
+    assert trained_channels_last(network_to_channels_last(network)) is True
+    assert trained_channels_last(torch.nn.Linear(4, 2)) is None  # no kernel: nothing to report
+
+
 #: reduced settings of the lightly loops added for Barlow Twins, SwAV and MAE: demo data kind, its generator
 #: arguments and the overrides (tiny networks, 32 px, batch 4, no workers)
 _SMALL_2D = {"backbone": "timm/resnet10t", "image_size": 32, "batch_size": 4, "num_workers": 0}
