@@ -211,3 +211,28 @@ def test_lightly_losses_are_the_bundle_objectives():
     for norm_pix in (True, False):
         assert float(mae_reconstruction_loss(pred, images, mask, 4, norm_pix)) == pytest.approx(
             float(MAELoss(norm_pix_loss=norm_pix)(pred, patchify(images, 4), mask)), rel=1e-5)
+
+
+def test_pooled_rounds_are_the_chosen_sets_per_round_ratios(tmp_path):
+    """``bench.pool``: the per-round ratios of the chosen sets, concatenated, their median and its interval; a set
+    before a bundle's ``since_for`` is left out for that bundle only. The reference ratios are written by hand."""
+    from bench.pool import pool, table
+
+    def runs(*rates):
+        return [{"samples_per_s": r} for r in rates]
+
+    sets = [{"label": "one", "bundles": {"a": {"runs": {"bundle": runs(10, 12), "plain": runs(10, 10)}},
+                                         "b": {"runs": {"bundle": runs(9), "plain": runs(10), "lightly": runs(6)}}}},
+            {"label": "two", "bundles": {"a": {"runs": {"bundle": runs(11, 9, 10), "plain": runs(10, 10, 8)}},
+                                         "b": {"runs": {"bundle": runs(8), "plain": runs(8), "lightly": runs(4)}}}}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"sets": sets}))
+    pooled = pool(path, since=1, since_for={"b": 2})
+    assert pooled["a"]["sets"] == [1, 2] and pooled["b"]["sets"] == [2]
+    assert pooled["a"]["plain"]["ratios"] == pytest.approx([1.0, 1.2, 1.1, 0.9, 1.25])
+    assert pooled["a"]["plain"]["median"] == pytest.approx(1.1)
+    assert pooled["a"]["plain"]["interval"][:2] == pytest.approx([0.9, 1.25])  # 5 rounds: the range
+    assert "lightly" not in pooled["a"]
+    assert pooled["b"]["lightly"]["ratios"] == pytest.approx([2.0]) and pooled["b"]["plain"]["median"] == 1.0
+    md = table(pooled)
+    assert "| a | 1, 2 | 5 | 1.10 [0.90, 1.25] (93.8%) | – |" in md and "| b | 2 | 1 |" in md

@@ -1,0 +1,72 @@
+"""The rounds of several bench sets pooled: per bundle, the per-round ratios bundle / plain and bundle / lightly of
+every chosen set of ``docs/bench_results.json`` (the sets ``python -m bench`` wrote, one labelled entry each), with
+their median and its interval (:func:`bench.run.median_interval`). Each round is one interleaved comparison, so
+rounds of sets run at other times are samples of the same ratio as long as the code they timed did not change: pick
+the sets by the code they ran (``since`` and ``since_for``)::
+
+    python -m bench.pool --since 5 --since_for '{"simclr_cholec": 11, "byol_acdc": 11}'
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .run import median_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+OTHERS = ("plain", "lightly")
+
+
+def pool(results: str | Path = ROOT / "docs" / "bench_results.json", since: int = 1,
+         since_for: dict | None = None) -> dict:
+    """``{bundle: {"sets": [set numbers], other: {"ratios", "median", "interval"}}}`` over the sets numbered (from 1,
+    in file order) ``since`` or later, or ``since_for[bundle]`` or later for the bundles it names."""
+    since_for = dict(since_for or {})
+    sets = json.loads(Path(results).read_text())["sets"]
+    out: dict[str, dict] = {}
+    for number, entry in enumerate(sets, start=1):
+        for name, bench in entry["bundles"].items():
+            if number < since_for.get(name, since):
+                continue
+            item = out.setdefault(name, {"sets": []})
+            item["sets"].append(number)
+            for other in OTHERS:
+                if other in bench["runs"]:
+                    ratios = [b["samples_per_s"] / o["samples_per_s"]
+                              for b, o in zip(bench["runs"]["bundle"], bench["runs"][other])]
+                    item.setdefault(other, {"ratios": []})["ratios"] += ratios
+    for item in out.values():
+        for other in OTHERS:
+            if other in item:
+                ratios = item[other]["ratios"]
+                item[other].update(median=statistics.median(ratios), interval=median_interval(ratios))
+    return out
+
+
+def table(pooled: dict) -> str:
+    """Markdown: one row per bundle, its sets, rounds and the pooled ratios with their intervals."""
+    lines = ["| bundle | sets | rounds | bundle / plain | bundle / lightly |", "|---|---|---|---|---|"]
+    for name, item in pooled.items():
+        cells = []
+        for other in OTHERS:
+            if other in item:
+                low, high, coverage = item[other]["interval"]
+                cells.append(f"{item[other]['median']:.2f} [{low:.2f}, {high:.2f}] ({coverage:.1%})")
+            else:
+                cells.append("–")
+        rounds = len(item["plain"]["ratios"]) if "plain" in item else 0
+        lines.append(f"| {name} | {', '.join(map(str, item['sets']))} | {rounds} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def main(results: str = str(ROOT / "docs" / "bench_results.json"), since: int = 1, since_for: dict | None = None):
+    """Print the pooled table (see the module docstring)."""
+    print(table(pool(results, since, since_for)))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
