@@ -22,7 +22,8 @@ Steps (all under ``--out_dir``):
    per class) × {random init, SimCLR, MoCo v3} × seeds; the test split scored with the checkpoint selected on
    validation (``scripts/label_efficiency.py``'s sweep: ``summary.md``, ``results.csv``, ``label_efficiency.png``).
 
-The defaults take about 18 minutes on 2 CPU cores (1057 s, 2026-12-05). :data:`REDUCED` is the tiny version the test runs.
+The defaults take about 18 minutes on 2 CPU cores (1057 s, 2026-12-05). :data:`REDUCED` is the tiny version the
+test runs.
 """
 
 from __future__ import annotations
