@@ -110,7 +110,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "init_weights": ("spec", "weight spec a pretraining run starts from (path, timm/<name>, null)"),
     "pretrained_encoder": ("spec", "weight spec a finetuning run loads (path to encoder.pt, timm/<name>, null)"),
     "resume": ("bool", "continue from ckpt_dir/checkpoint_last.pt"),
-    "checkpoint_interval": ("int", "epochs between writes of checkpoint_last.pt"),
+    "checkpoint_interval": ("int", "epochs between writes of checkpoint_last.pt (and after the last epoch)"),
     "export_interval": ("int", "epochs between writes of encoder.pt (0: only at the end)"),
     "label_budget": ("str|int", "labelled training items per class, or a named budget ('100%' = all)"),
     "val_interval": ("int", "epochs between validations"),

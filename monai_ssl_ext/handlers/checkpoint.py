@@ -162,7 +162,7 @@ def _amp_scaler(engine: Engine):
 
 class ResumableCheckpoint:
     """Save ``save_dict`` (plus the engine's progress) to ``<ckpt_dir>/<filename>`` every
-    ``interval`` epochs, atomically (write then rename), rank 0 only; on start, if the file exists,
+    ``interval`` epochs and after the last, atomically (write then rename), rank 0 only; on start, if the file exists,
     load it with ``weights_only=True`` and continue from its epoch.
 
     At the start, before the first iteration, rank 0 removes the ``<filename>.tmp<pid>`` files of
@@ -189,7 +189,7 @@ class ResumableCheckpoint:
         ckpt_dir: folder of the checkpoint.
         save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, scheduler,
             :class:`RNGState`, EMA target, …).
-        interval: epochs between saves.
+        interval: epochs between saves; the last epoch of the run is saved too.
         filename: checkpoint file name.
         resume: load the checkpoint if present (set false to start over; the file is then replaced).
         best_saver: the ``CheckpointSaver`` (``save_key_metric=true``) whose best-model record must
@@ -240,7 +240,10 @@ class ResumableCheckpoint:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_every)
 
     def _save_every(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval == 0:
+        """Every ``interval`` epochs, and after the run's last epoch whatever the interval: the checkpoint of a
+        finished run holds its final state (an epoch count that is not a multiple of the interval left it at the last
+        multiple)."""
+        if engine.state.epoch % self.interval == 0 or engine.state.epoch == engine.state.max_epochs:
             self.save(engine, background=True)
 
     def wait(self, engine: Engine | None = None) -> None:

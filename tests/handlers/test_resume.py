@@ -228,3 +228,36 @@ def test_resume_restores_the_amp_loss_scale(tmp_path):
     assert payload["amp_scaler"]["scale"] == 2.0**12
     resumed = _amp_engine(tmp_path, 3)  # one more epoch: two more halvings from the saved scale
     assert resumed.state.epoch == 3 and resumed.scaler.get_scale() == 2.0**10
+
+
+@pytest.mark.parametrize("epochs, interval, saved", [(5, 2, [2, 4, 5]), (4, 2, [2, 4]), (3, 5, [3]), (3, 1, [1, 2, 3])])
+def test_the_last_epoch_is_checkpointed_whatever_the_interval(tmp_path, epochs, interval, saved):
+    """``checkpoint_interval`` N saves every N epochs and after the run's last epoch: a run of 5 epochs with N 2
+    ends with the checkpoint of epoch 5 and its final weights (it held epoch 4 before the fix: a finished run's
+    checkpoint one epoch behind its encoder, and a resume that trained the last epoch again)."""
+    from ignite.engine import Engine, Events
+
+    from monai_ssl_ext.handlers import ResumableCheckpoint
+
+    net = torch.nn.Linear(2, 1)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            net.weight.add_(1.0)  # weights that change every iteration: epoch e ends with weight w0 + 2 e
+
+    engine = Engine(step)
+    checkpoint = ResumableCheckpoint(str(tmp_path), {"network": net}, interval=interval)
+    checkpoint.attach(engine)
+    written = []
+    real_save = checkpoint.save
+
+    def save(engine, background=False):
+        written.append(engine.state.epoch)
+        real_save(engine, background)
+
+    checkpoint.save = save
+    engine.run([0, 1], max_epochs=epochs)
+    assert written == saved
+    payload = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert payload["engine"]["epoch"] == epochs
+    assert torch.equal(payload["network"]["weight"], net.weight.detach())
