@@ -141,11 +141,12 @@ def trained_channels_last(network: torch.nn.Module) -> bool | None:
     """Whether the trained ``network``'s convolution kernels (4-D and 5-D weights wider than 1 in space) are all stored
     channels-last, some of them not contiguous (a kernel of one input channel is both): the layout the run
     trained in (None: the network has no such kernel)."""
+    from monai_ssl_ext.memory_format import to_channels_last
+
     kernels = [p for p in network.parameters() if p.dim() in (4, 5) and max(p.shape[2:]) > 1]
     if not kernels:
         return None
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    return (all(p.is_contiguous(memory_format=formats[p.dim()]) for p in kernels)
+    return (all(p.stride() == to_channels_last(p).stride() for p in kernels)  # the package's layout, as it stores it
             and not all(p.is_contiguous() for p in kernels))
 
 
