@@ -236,3 +236,26 @@ def test_pooled_rounds_are_the_chosen_sets_per_round_ratios(tmp_path):
     assert pooled["b"]["lightly"]["ratios"] == pytest.approx([2.0]) and pooled["b"]["plain"]["median"] == 1.0
     md = table(pooled)
     assert "| a | 1, 2 | 5 | 1.10 [0.90, 1.25] (93.8%) | – |" in md and "| b | 2 | 1 |" in md
+
+
+def test_layout_comparison_times_the_same_step_in_both_layouts():
+    """``python -m bench.layout`` reduced: one round of a 3D ResNet-10 step in each layout. Channels-last stores the
+    same values in another order, so both processes compute the same first loss (to float rounding) from the same
+    seed; a layout that changed the maths, or a run that timed another network or batch, would not. (Later losses
+    drift apart with the rounding in batch norm over few items: batch 8 here, where 3 steps stay within 1e-3.)"""
+    from bench.layout import compare
+
+    res = compare(arch="resnet10", spatial_dims=3, size=16, batch=8, rounds=1, steps=3, threads=1)
+    default, channels_last = res["runs"]["default"][0], res["runs"]["channels_last"][0]
+    assert (default["channels_last"], channels_last["channels_last"]) == (False, True)  # each timed its layout
+    assert default["loss_first"] == pytest.approx(channels_last["loss_first"], rel=1e-5)
+    assert default["loss_last"] != default["loss_first"]  # the SGD steps changed the network
+    assert res["ratios"] == [pytest.approx(channels_last["step_s"] / default["step_s"])]
+    assert res["median"] == res["ratios"][0]
+
+
+def test_layout_step_refuses_an_unknown_layout():
+    from bench.layout import step_seconds
+
+    with pytest.raises(ValueError, match="layout must be one of"):
+        step_seconds("resnet10", 3, 8, 1, "channel_last")
