@@ -25,6 +25,7 @@ network input (all its views): one item, or one crop of an item where the bundle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
@@ -71,10 +72,12 @@ class Phases:
         self.step += time.perf_counter() - self._mark
 
     def batches(self, loader):
-        """Iterate ``loader`` (one epoch), timing each wait and each iteration (the loop body between yields)."""
+        """Iterate ``loader`` (one epoch), timing each wait and each iteration (the loop body between yields). The new
+        iterator (the workers' start or their next pass) is made inside the first wait, where the bundle's engine
+        makes it (ignite's ``GET_BATCH_STARTED`` comes before it asks for the epoch's iterator)."""
+        self.waiting()
         it = iter(loader)
         while True:
-            self.waiting()
             try:
                 batch = next(it)
             except StopIteration:
@@ -82,6 +85,7 @@ class Phases:
             self.arrived()
             yield batch
             self.done()
+            self.waiting()
 
 
 def _report(seconds: float, samples: int, steps: int, losses: list[float] | None = None,
@@ -184,7 +188,8 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     """The bundle's components in a bare loop over ``epochs`` whole epochs (the run's length is ``epochs``, as in
     ``bundle`` mode, for the schedule and the rules), with the bundle's training rules (:data:`TRAINING_RULES`:
     schedule, momentum update, prototype / queue / cluster rules) fired at the trainer's events: epoch start,
-    forward, loss, backward, optimizer step, iteration end, epoch end."""
+    forward, loss, backward, optimizer step, iteration end, epoch end. The forward is the trainer's inferer, under the
+    trainer's amp (autocast and gradient scaling) where it has it, so both modes train in the same precision."""
     from ignite.engine import Events
     from monai.engines.utils import IterationEvents
     from monai.utils import set_determinism
@@ -193,6 +198,9 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     set_determinism(seed=parser.get_parsed_content("seed"))
     trainer = parser.get_parsed_content("train#trainer")
     loader, network, optimizer = trainer.data_loader, trainer.network, trainer.optimizer
+    # the trainer's precision, as MONAI's iteration sets it: with amp, CUDA autocast and the trainer's GradScaler (on a
+    # CPU these do nothing, and the SSL inferer autocasts the forward in bfloat16)
+    scaler = trainer.scaler if trainer.amp else None
     hub = _training_rules(parser, trainer, loader, epochs)
     fire = (lambda event: None) if hub is None else hub.fire_event
     network.train()
@@ -207,14 +215,19 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
             if hub is not None:
                 hub.state.iteration = steps + 1
             inputs, _, args, kwargs = trainer.prepare_batch(batch, trainer.state.device)
-            outputs = network(inputs, *args, **kwargs)
-            fire(IterationEvents.FORWARD_COMPLETED)
-            loss = trainer.loss_function(outputs)
-            fire(IterationEvents.LOSS_COMPLETED)
+            with torch.autocast("cuda", **trainer.amp_kwargs) if scaler is not None else contextlib.nullcontext():
+                outputs = trainer.inferer(inputs, network, *args, **kwargs)
+                fire(IterationEvents.FORWARD_COMPLETED)
+                loss = trainer.loss_function(outputs)
+                fire(IterationEvents.LOSS_COMPLETED)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             fire(IterationEvents.BACKWARD_COMPLETED)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             fire(IterationEvents.MODEL_COMPLETED)
             fire(Events.ITERATION_COMPLETED)
             losses.append(float(loss))
@@ -226,11 +239,11 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
 
 def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=None, before_step=None) -> None:
     """lightly's style of loop: ``views(i)`` gives item ``i``'s views, ``step(network, views)`` the loss; the
-    bundle's network, optimizer, batch size and workers; ``momentum(network, progress)`` after each step (the
+    bundle's network, optimizer, batch size and workers (persistent and prefetching as the bundle's); ``momentum(network, progress)`` after each step (the
     momentum methods' target update, with lightly's ``update_momentum``); ``before_epoch(network, epoch)`` and
     ``before_step(network, step)`` (0-based) where a method has rules there (SwAV's queue start, prototype freeze and
     normalisation)."""
-    from monai.utils import set_determinism
+    from monai.utils import convert_to_tensor, set_determinism
 
     set_determinism(seed=parser.get_parsed_content("seed"))
     n_items = len(parser.get_parsed_content("train#datalist"))
@@ -243,10 +256,16 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
             return views(i)
 
     train = parser.get_parsed_content("train#dataloader")
+    # the bundle loader's workers, kept between epochs and prefetching as there (a DataLoader setting, not lightly's)
     loader = torch.utils.data.DataLoader(Items(), batch_size=train.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=train.num_workers)
+                                         num_workers=train.num_workers, persistent_workers=train.persistent_workers,
+                                         prefetch_factor=train.prefetch_factor)
     network = parser.get_parsed_content("network").train()
     optimizer = parser.get_parsed_content("optimizer")
+    device = next(network.parameters()).device
+    # on a GPU the batches go where the network is, and the bundle's amp is CUDA autocast with gradient scaling, as a
+    # user's loop writes it, so that both train in the same precision (not run here: no GPU was lent)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and parser.get_parsed_content("amp") else None
     samples = steps = 0
     losses, phases = [], Phases()
     total = epochs * len(loader)
@@ -257,10 +276,17 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
         for batch in phases.batches(loader):
             if before_step is not None:
                 before_step(network, steps)
-            loss = step(network, batch)
+            if device.type != "cpu":
+                batch = convert_to_tensor(batch, device=device, track_meta=False)
+            with torch.autocast("cuda") if scaler is not None else contextlib.nullcontext():
+                loss = step(network, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             if momentum is not None:
                 momentum(network, steps / total)
             losses.append(float(loss))

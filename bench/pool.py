@@ -2,9 +2,9 @@
 every chosen set of ``docs/bench_results.json`` (the sets ``python -m bench`` wrote, one labelled entry each), with
 their median and its interval (:func:`bench.run.median_interval`). Each round is one interleaved comparison, so
 rounds of sets run at other times are samples of the same ratio as long as the code they timed did not change: pick
-the sets by the code they ran (``since`` and ``since_for``)::
+the sets by the code they ran (``since``, ``since_for`` per bundle, ``since_mode`` per compared loop)::
 
-    python -m bench.pool --since 5 --since_for '{"simclr_cholec": 11, "byol_acdc": 11}'
+    python -m bench.pool --since 5 --since_for '{"simclr_cholec": 11, "byol_acdc": 11}' --since_mode '{"lightly": 15}'
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ OTHERS = ("plain", "lightly")
 
 
 def pool(results: str | Path = ROOT / "docs" / "bench_results.json", since: int = 1,
-         since_for: dict | None = None) -> dict:
+         since_for: dict | None = None, since_mode: dict | None = None) -> dict:
     """``{bundle: {"sets": [set numbers], other: {"ratios", "median", "interval"}}}`` over the sets numbered (from 1,
-    in file order) ``since`` or later, or ``since_for[bundle]`` or later for the bundles it names."""
-    since_for = dict(since_for or {})
+    in file order) ``since`` or later, or ``since_for[bundle]`` or later for the bundles it names; the ratios to a
+    mode named in ``since_mode`` (``"plain"`` or ``"lightly"``) only from the set it gives on (a mode whose loop
+    changed)."""
+    since_for, since_mode = dict(since_for or {}), dict(since_mode or {})
     sets = json.loads(Path(results).read_text())["sets"]
     out: dict[str, dict] = {}
     for number, entry in enumerate(sets, start=1):
@@ -33,7 +35,7 @@ def pool(results: str | Path = ROOT / "docs" / "bench_results.json", since: int 
             item = out.setdefault(name, {"sets": []})
             item["sets"].append(number)
             for other in OTHERS:
-                if other in bench["runs"]:
+                if other in bench["runs"] and number >= since_mode.get(other, 1):
                     ratios = [b["samples_per_s"] / o["samples_per_s"]
                               for b, o in zip(bench["runs"]["bundle"], bench["runs"][other])]
                     item.setdefault(other, {"ratios": []})["ratios"] += ratios
@@ -46,24 +48,25 @@ def pool(results: str | Path = ROOT / "docs" / "bench_results.json", since: int 
 
 
 def table(pooled: dict) -> str:
-    """Markdown: one row per bundle, its sets, rounds and the pooled ratios with their intervals."""
-    lines = ["| bundle | sets | rounds | bundle / plain | bundle / lightly |", "|---|---|---|---|---|"]
+    """Markdown: one row per bundle, its sets, and the pooled ratios with their intervals, coverage and rounds."""
+    lines = ["| bundle | sets | bundle / plain | bundle / lightly |", "|---|---|---|---|"]
     for name, item in pooled.items():
         cells = []
         for other in OTHERS:
             if other in item:
                 low, high, coverage = item[other]["interval"]
-                cells.append(f"{item[other]['median']:.2f} [{low:.2f}, {high:.2f}] ({coverage:.1%})")
+                n = len(item[other]["ratios"])
+                cells.append(f"{item[other]['median']:.2f} [{low:.2f}, {high:.2f}] ({coverage:.1%}, {n} round{'s' * (n != 1)})")
             else:
                 cells.append("–")
-        rounds = len(item["plain"]["ratios"]) if "plain" in item else 0
-        lines.append(f"| {name} | {', '.join(map(str, item['sets']))} | {rounds} | {' | '.join(cells)} |")
+        lines.append(f"| {name} | {', '.join(map(str, item['sets']))} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-def main(results: str = str(ROOT / "docs" / "bench_results.json"), since: int = 1, since_for: dict | None = None):
+def main(results: str = str(ROOT / "docs" / "bench_results.json"), since: int = 1, since_for: dict | None = None,
+         since_mode: dict | None = None):
     """Print the pooled table (see the module docstring)."""
-    print(table(pool(results, since, since_for)))
+    print(table(pool(results, since, since_for, since_mode)))
 
 
 if __name__ == "__main__":

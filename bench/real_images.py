@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -126,12 +127,11 @@ def prepare(wheel: str | os.PathLike, out_dir: str | os.PathLike, size: int = 12
             w = csv.writer(f)
             w.writerow(["path", "label"])
             w.writerows([[it["image"], -1] for it in split[key]])  # unlabelled for SSL
-    unlabeled = out / "unlabeled"
-    unlabeled.mkdir(exist_ok=True)
+    unlabeled = out / "unlabeled"  # links to this split's training pictures only: an earlier split's are removed
+    shutil.rmtree(unlabeled, ignore_errors=True)
+    unlabeled.mkdir()
     for it in split["training"]:
-        link = unlabeled / Path(it["image"]).name
-        if not link.exists():
-            os.symlink(os.path.relpath(out / it["image"], unlabeled), link)
+        os.symlink(os.path.relpath(out / it["image"], unlabeled), unlabeled / Path(it["image"]).name)
     info = {"unique": len(items), "duplicates_dropped": duplicates, "counts": counts, "size": size}
     (out / "prepared.json").write_text(json.dumps(info, indent=1))
     return info

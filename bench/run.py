@@ -103,8 +103,8 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
               variants: dict | None = None) -> dict:
     """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``).
 
-    ``variants`` (label -> config overrides): in each round, after the modes, the bundle run once more per variant
-    with those values; ``entry["variants"][label]`` holds its runs and the median per-round ratio variant / bundle.
+    ``variants`` (label -> config overrides): in each round, after the modes (before them in every other round, which
+    runs the whole sequence reversed), the bundle run once more per variant with those values; ``entry["variants"][label]`` holds its runs and the median per-round ratio variant / bundle.
 
     ``overrides`` (config ids, every bundle and mode), ``data`` (demo data kind -> generator arguments, replacing
     :data:`bench.settings.DATA`) and ``cache`` (folder of the demo data) shrink it, e.g. for a test."""
@@ -139,15 +139,19 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             modes = ["bundle", "plain"] + (["lightly"] if lightly and name in LIGHTLY and _lightly_available() else [])
             runs = {m: [] for m in modes}
             variant_runs = {label: [] for label in variants}
+            # a round runs the modes, then the variants; every other round in the reverse order
+            order = [(mode, None) for mode in modes] + [("bundle", label) for label in variants]
             for r in range(rounds):
-                for mode in (modes if r % 2 == 0 else modes[::-1]):
-                    root = Path(tmp) / f"{name}_{mode}_{r}"
-                    loop = f"lightly:{name}" if mode == "lightly" else mode
-                    runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, n_epochs, threads))
-                for i, (label, values) in enumerate(variants.items()):
-                    root = Path(tmp) / f"{name}_variant{i}_{r}"
-                    variant_runs[label].append(run_mode("bundle", configs, {**base, **values, "bundle_root": str(root)},
-                                                        n_epochs, threads))
+                for mode, label in (order if r % 2 == 0 else order[::-1]):
+                    if label is None:
+                        root = Path(tmp) / f"{name}_{mode}_{r}"
+                        loop = f"lightly:{name}" if mode == "lightly" else mode
+                        runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, n_epochs, threads))
+                    else:
+                        root = Path(tmp) / f"{name}_variant{list(variants).index(label)}_{r}"
+                        variant_runs[label].append(run_mode("bundle", configs, {**base, **variants[label],
+                                                                                "bundle_root": str(root)},
+                                                            n_epochs, threads))
             entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +147,22 @@ def test_phases_split_a_loop_into_waits_and_steps():
     assert 0.06 <= phases.step < 0.06 + 0.1
 
 
+def test_phases_count_a_new_iterator_as_waiting():
+    """Making an epoch's iterator (a DataLoader's worker start, or its next pass) is part of the first wait, as in the
+    bundle's engine, where ignite asks for the iterator after ``GET_BATCH_STARTED``: otherwise the bare loops would
+    book it under "other" and the bundle under "data"."""
+    from bench.loops import Phases
+
+    class SlowStart:
+        def __iter__(self):
+            time.sleep(0.1)
+            return iter([0, 1])
+
+    phases = Phases()
+    assert list(phases.batches(SlowStart())) == [0, 1]
+    assert 0.1 <= phases.data < 0.1 + 0.08
+
+
 @pytest.mark.parametrize("name", sorted(_LIGHTLY_CASES))
 def test_lightly_loop_trains_the_bundle_items_in_whole_batches(tmp_path, demo_cache, name):
     """Each new lightly loop, in its own process as ``python -m bench`` runs it: one epoch over the bundle's items
@@ -235,7 +252,12 @@ def test_pooled_rounds_are_the_chosen_sets_per_round_ratios(tmp_path):
     assert "lightly" not in pooled["a"]
     assert pooled["b"]["lightly"]["ratios"] == pytest.approx([2.0]) and pooled["b"]["plain"]["median"] == 1.0
     md = table(pooled)
-    assert "| a | 1, 2 | 5 | 1.10 [0.90, 1.25] (93.8%) | – |" in md and "| b | 2 | 1 |" in md
+    assert "| a | 1, 2 | 1.10 [0.90, 1.25] (93.8%, 5 rounds) | – |" in md and "| b | 2 | 1.00 [1.00, 1.00]" in md
+    # the lightly loop changed at set 2: its ratios from set 2 on, the plain ones from every chosen set
+    pooled = pool(path, since=1, since_mode={"lightly": 2})
+    assert pooled["b"]["plain"]["ratios"] == pytest.approx([0.9, 1.0])
+    assert pooled["b"]["lightly"]["ratios"] == pytest.approx([2.0])
+    assert "(50.0%, 2 rounds) | 2.00 [2.00, 2.00] (0.0%, 1 round) |" in table(pooled)
 
 
 def test_layout_comparison_times_the_same_step_in_both_layouts():
@@ -259,3 +281,55 @@ def test_layout_step_refuses_an_unknown_layout():
 
     with pytest.raises(ValueError, match="layout must be one of"):
         step_seconds("resnet10", 3, 8, 1, "channel_last")
+
+
+def test_rounds_alternate_the_order_of_modes_and_variants(tmp_path, monkeypatch):
+    """Each round runs every mode and variant once; every other round runs them in the reverse order, so no mode or
+    variant always runs right after another. The per-round ratios pair the runs of the same round."""
+    import bench.run as bench_run
+
+    calls = []
+
+    def fake_run(loop, configs, overrides, epochs, threads):
+        calls.append((loop, overrides.get("channels_last")))
+        round_, speed = len(calls), {"bundle": 10.0, "plain": 8.0}[loop]
+        if overrides.get("channels_last") is False:
+            speed = 5.0
+        rate = speed * (1 + round_ / 100)  # the machine drifts: only same-round pairs keep the true ratio
+        return {"samples_per_s": rate, "samples": rate, "seconds": 1.0, "end_s": 0.0, "peak_rss_mb": 1.0,
+                **{f"{p}_s": 0.0 for p in ("data", "step", "other", "end")}}
+
+    monkeypatch.setattr(bench_run, "run_mode", fake_run)
+    monkeypatch.setattr(bench_run, "demo_data", lambda kind, cache, sizes=None: str(tmp_path))
+    monkeypatch.setattr(bench_run, "augment_rate", lambda *a, **k: 1.0)
+    res = bench_run.run_bench("vitautoenc_ct", rounds=2, out=str(tmp_path / "out"), lightly=False,
+                              variants={"contiguous": {"channels_last": False}})
+    assert calls == [("bundle", None), ("plain", None), ("bundle", False),
+                     ("bundle", False), ("plain", None), ("bundle", None)]
+    entry = res["bundles"]["vitautoenc_ct"]
+    # same-round pairs: bundle / plain drifts by under 1% within a round, and the variant runs at half the bundle
+    assert entry["ratio_vs_plain"] == pytest.approx(10 / 8, rel=0.02)
+    assert entry["variants"]["contiguous"]["ratio_vs_bundle"] == pytest.approx(0.5, rel=0.03)
+
+
+def test_plain_loop_trains_in_the_bundles_precision(tmp_path, capsys):
+    """With ``amp`` on (on a CPU: the SSL inferer's bfloat16 autocast of the forward), the plain loop computes the
+    bundle's loss: it runs the trainer's inferer and amp, not the bare network in float32 (which gives another loss:
+    checked against the float32 run)."""
+    from bench.loops import bundle, plain
+    from bench.run import demo_data
+    from bench.settings import COMMON
+
+    root = Path(__file__).resolve().parents[2] / "bundles" / "simclr_cholec" / "configs"
+    configs = [str(root / "train.json"), str(root / "cpu_demo.json")]
+    base = {**COMMON, "backbone": "timm/resnet10t", "image_size": 32, "batch_size": 4, "num_workers": 0,
+            "val_interval": 1000,
+            "dataset_dir": demo_data("cholec", tmp_path / "data", {"n_videos": 4, "frames_per_video": 3})}
+
+    def first_loss(loop, **values) -> float:
+        loop(configs, {**base, **values, "bundle_root": str(tmp_path / f"{loop.__name__}{len(values)}")}, 1)
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["loss_first"]
+
+    amp_bundle, amp_plain = first_loss(bundle, amp=True), first_loss(plain, amp=True)
+    assert amp_plain == pytest.approx(amp_bundle, rel=1e-6)
+    assert first_loss(plain, amp=False) != pytest.approx(amp_bundle, rel=1e-4)  # the precision shows in the loss

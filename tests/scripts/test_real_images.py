@@ -61,6 +61,13 @@ def test_prepare_dedups_splits_and_keeps_test_out_of_pretraining(tmp_path):
     assert sorted(ssl) == sorted(names["training"])
     unlabeled = sorted(p.name for p in (tmp_path / "data" / "unlabeled").iterdir())
     assert unlabeled == sorted(n.split("/")[-1] for n in names["training"])
+    # prepared again with another split in the same folder: the unlabelled set is the new training split, with none
+    # of the earlier one's links (which would now point at validation or test pictures)
+    prepare(wheel, tmp_path / "data", size=24, seed=1)
+    training = [it["image"] for it in json.loads((tmp_path / "data" / "split.json").read_text())["training"]]
+    assert training != names["training"]
+    unlabeled = sorted(p.name for p in (tmp_path / "data" / "unlabeled").iterdir())
+    assert unlabeled == sorted(n.split("/")[-1] for n in training)
 
 
 def test_wheel_without_the_images_is_refused(tmp_path):
