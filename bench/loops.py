@@ -239,8 +239,9 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
 
 def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=None, before_step=None) -> None:
     """lightly's style of loop: ``views(i)`` gives item ``i``'s views, ``step(network, views)`` the loss; the
-    bundle's network, optimizer, batch size and workers (persistent and prefetching as the bundle's); ``momentum(network, progress)`` after each step (the
-    momentum methods' target update, with lightly's ``update_momentum``); ``before_epoch(network, epoch)`` and
+    bundle's network, optimizer, batch size and workers (persistent and prefetching as the bundle's);
+    ``momentum(network, progress)`` after each step (the momentum methods' target update, with lightly's
+    ``update_momentum``); ``before_epoch(network, epoch)`` and
     ``before_step(network, step)`` (0-based) where a method has rules there (SwAV's queue start, prototype freeze and
     normalisation)."""
     from monai.utils import convert_to_tensor, set_determinism

@@ -56,7 +56,8 @@ def table(pooled: dict) -> str:
             if other in item:
                 low, high, coverage = item[other]["interval"]
                 n = len(item[other]["ratios"])
-                cells.append(f"{item[other]['median']:.2f} [{low:.2f}, {high:.2f}] ({coverage:.1%}, {n} round{'s' * (n != 1)})")
+                rounds = f"{n} round{'s' * (n != 1)}"
+                cells.append(f"{item[other]['median']:.2f} [{low:.2f}, {high:.2f}] ({coverage:.1%}, {rounds})")
             else:
                 cells.append("–")
         lines.append(f"| {name} | {', '.join(map(str, item['sets']))} | {' | '.join(cells)} |")

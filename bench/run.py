@@ -104,7 +104,8 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
     """The benchmark of :func:`main`; returns the results dict (also written to ``<out>/bench.json``).
 
     ``variants`` (label -> config overrides): in each round, after the modes (before them in every other round, which
-    runs the whole sequence reversed), the bundle run once more per variant with those values; ``entry["variants"][label]`` holds its runs and the median per-round ratio variant / bundle.
+    runs the whole sequence reversed), the bundle run once more per variant with those values;
+    ``entry["variants"][label]`` holds its runs and the median per-round ratio variant / bundle.
 
     ``overrides`` (config ids, every bundle and mode), ``data`` (demo data kind -> generator arguments, replacing
     :data:`bench.settings.DATA`) and ``cache`` (folder of the demo data) shrink it, e.g. for a test."""
@@ -143,15 +144,12 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             order = [(mode, None) for mode in modes] + [("bundle", label) for label in variants]
             for r in range(rounds):
                 for mode, label in (order if r % 2 == 0 else order[::-1]):
-                    if label is None:
-                        root = Path(tmp) / f"{name}_{mode}_{r}"
-                        loop = f"lightly:{name}" if mode == "lightly" else mode
-                        runs[mode].append(run_mode(loop, configs, {**base, "bundle_root": str(root)}, n_epochs, threads))
-                    else:
-                        root = Path(tmp) / f"{name}_variant{list(variants).index(label)}_{r}"
-                        variant_runs[label].append(run_mode("bundle", configs, {**base, **variants[label],
-                                                                                "bundle_root": str(root)},
-                                                            n_epochs, threads))
+                    loop = f"lightly:{name}" if mode == "lightly" else mode
+                    folder = mode if label is None else f"variant{list(variants).index(label)}"
+                    values = {} if label is None else variants[label]
+                    root = Path(tmp) / f"{name}_{folder}_{r}"
+                    run = run_mode(loop, configs, {**base, **values, "bundle_root": str(root)}, n_epochs, threads)
+                    (runs[mode] if label is None else variant_runs[label]).append(run)
             entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
