@@ -14,16 +14,12 @@ On a GPU (found by torch) the step runs there, timed between CUDA synchronisatio
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from .run import median_interval
+from .run import fresh_process, median_interval
 
-ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = ("default", "channels_last")
 
 
@@ -73,15 +69,6 @@ def step_seconds(arch: str, spatial_dims: int, size: int, batch: int, layout: st
             "device": str(device), "channels_last": trained_channels_last(network)}
 
 
-def _fresh_process(args: dict) -> dict:
-    cmd = [sys.executable, "-m", "bench.layout", "_one", json.dumps(args)]
-    res = subprocess.run(cmd, cwd=str(ROOT), env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True,
-                         text=True, timeout=3600)
-    if res.returncode != 0:
-        raise RuntimeError(f"bench.layout {args} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def compare(arch: str = "resnet50", spatial_dims: int = 3, size: int = 32, batch: int = 4, rounds: int = 5,
             steps: int = 6, threads: int | None = 2) -> dict:
     """``rounds`` interleaved rounds of both layouts; the per-round ratios channels-last / default step seconds, their
@@ -93,7 +80,7 @@ def compare(arch: str = "resnet50", spatial_dims: int = 3, size: int = 32, batch
     runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
     for r in range(rounds):
         for layout in (LAYOUTS if r % 2 == 0 else LAYOUTS[::-1]):
-            runs[layout].append(_fresh_process({**setting, "layout": layout}))
+            runs[layout].append(fresh_process("bench.layout", "_one", json.dumps({**setting, "layout": layout})))
     ratios = [c["step_s"] / d["step_s"] for c, d in zip(runs["channels_last"], runs["default"])]
     return {"setting": setting, "device": runs["default"][0]["device"], "runs": runs, "ratios": ratios,
             "median": statistics.median(ratios), "interval": median_interval(ratios)}

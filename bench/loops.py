@@ -25,7 +25,6 @@ network input (all its views): one item, or one crop of an item where the bundle
 
 from __future__ import annotations
 
-import contextlib
 import json
 import resource
 import sys
@@ -199,8 +198,9 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     trainer = parser.get_parsed_content("train#trainer")
     loader, network, optimizer = trainer.data_loader, trainer.network, trainer.optimizer
     # the trainer's precision, as MONAI's iteration sets it: with amp, CUDA autocast and the trainer's GradScaler (on a
-    # CPU these do nothing, and the SSL inferer autocasts the forward in bfloat16)
-    scaler = trainer.scaler if trainer.amp else None
+    # CPU these do nothing, and the SSL inferer autocasts the forward in bfloat16); without, a disabled scaler
+    amp = bool(trainer.amp and trainer.scaler is not None)
+    scaler = trainer.scaler if amp else torch.amp.GradScaler("cuda", enabled=False)
     hub = _training_rules(parser, trainer, loader, epochs)
     fire = (lambda event: None) if hub is None else hub.fire_event
     network.train()
@@ -215,19 +215,16 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
             if hub is not None:
                 hub.state.iteration = steps + 1
             inputs, _, args, kwargs = trainer.prepare_batch(batch, trainer.state.device)
-            with torch.autocast("cuda", **trainer.amp_kwargs) if scaler is not None else contextlib.nullcontext():
+            with torch.autocast("cuda", enabled=amp, **trainer.amp_kwargs):
                 outputs = trainer.inferer(inputs, network, *args, **kwargs)
                 fire(IterationEvents.FORWARD_COMPLETED)
                 loss = trainer.loss_function(outputs)
                 fire(IterationEvents.LOSS_COMPLETED)
             optimizer.zero_grad(set_to_none=True)
-            (loss if scaler is None else scaler.scale(loss)).backward()
+            scaler.scale(loss).backward()
             fire(IterationEvents.BACKWARD_COMPLETED)
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
+            scaler.step(optimizer)  # optimizer.step() when disabled
+            scaler.update()
             fire(IterationEvents.MODEL_COMPLETED)
             fire(Events.ITERATION_COMPLETED)
             losses.append(float(loss))
@@ -266,7 +263,8 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
     device = next(network.parameters()).device
     # on a GPU the batches go where the network is, and the bundle's amp is CUDA autocast with gradient scaling, as a
     # user's loop writes it, so that both train in the same precision (not run here: no GPU was lent)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and parser.get_parsed_content("amp") else None
+    amp = device.type == "cuda" and bool(parser.get_parsed_content("amp"))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     samples = steps = 0
     losses, phases = [], Phases()
     total = epochs * len(loader)
@@ -279,15 +277,12 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
                 before_step(network, steps)
             if device.type != "cpu":
                 batch = convert_to_tensor(batch, device=device, track_meta=False)
-            with torch.autocast("cuda") if scaler is not None else contextlib.nullcontext():
+            with torch.autocast("cuda", enabled=amp):
                 loss = step(network, batch)
             optimizer.zero_grad(set_to_none=True)
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # optimizer.step() when disabled
+            scaler.update()
             if momentum is not None:
                 momentum(network, steps / total)
             losses.append(float(loss))

@@ -55,15 +55,20 @@ def demo_data(kind: str, cache: Path, sizes: dict | None = None) -> str:
     return str(out)
 
 
+def fresh_process(module: str, *args: str) -> dict:
+    """``python -m <module> <args>`` in a fresh process, offline; the JSON object its last output line prints."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONWARNINGS="ignore")
+    res = subprocess.run([sys.executable, "-m", module, *args], cwd=str(ROOT), env=env, capture_output=True,
+                         text=True, timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)[:200]} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def run_mode(mode: str, configs: list[str], overrides: dict, epochs: int, threads: int) -> dict:
     """One timed run in a fresh process (``bench.loops``)."""
-    cmd = [sys.executable, "-m", "bench.loops", mode, json.dumps(configs),
-           json.dumps({**overrides, "torch_threads": threads}), str(epochs)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONWARNINGS="ignore")
-    res = subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=3600)
-    if res.returncode != 0:
-        raise RuntimeError(f"bench {mode} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return fresh_process("bench.loops", mode, json.dumps(configs), json.dumps({**overrides, "torch_threads": threads}),
+                         str(epochs))
 
 
 def augment_rate(configs: list[str], overrides: dict, n: int, repeats: int = 5) -> float:
