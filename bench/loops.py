@@ -49,12 +49,12 @@ class Phases:
     arrival to the end of its iteration (batch preparation, forward, loss, backward, optimizer step and every
     per-iteration handler or rule), and the rest, ``other = seconds - data - step``: start-up, epoch boundaries
     (new loader iterators, epoch-end handlers such as checkpoint and export) and the end of the run; ``end``, part
-    of ``other``: from the end of the last epoch (its epoch-end handlers included) to the end of the run, i.e. the
-    bundle's wait for its last checkpoint and export to reach the disk (0 for the bare loops)."""
+    of ``other``: from the end of the last step to the end of the run, i.e. the last epoch's epoch-end handlers and
+    the run's completion: the bundle's final checkpoint and export, written and on disk (0 for the bare loops)."""
 
     def __init__(self):
         self.data = self.step = self.end = 0.0
-        self._mark = 0.0
+        self._mark = self.last_done = 0.0
 
     def waiting(self, *_) -> None:
         """The loop asks the loader for a batch."""
@@ -68,7 +68,8 @@ class Phases:
 
     def done(self, *_) -> None:
         """The iteration is over."""
-        self.step += time.perf_counter() - self._mark
+        self.last_done = time.perf_counter()
+        self.step += self.last_done - self._mark
 
     def batches(self, loader):
         """Iterate ``loader`` (one epoch), timing each wait and each iteration (the loop body between yields). The new
@@ -120,22 +121,13 @@ def bundle(configs: list[str], overrides: dict, epochs: int) -> None:
         losses.append(float((output[0] if isinstance(output, (list, tuple)) else output)["loss"]))
         phases.done()
 
-    epochs_end = []
-
-    def epoch_end(engine) -> None:
-        epochs_end.append(time.perf_counter())
-
-    def after_rules(engine) -> None:  # handlers that register their epoch-end step when the run starts come first
-        engine.add_event_handler(Events.EPOCH_COMPLETED, epoch_end)
-
     trainer.add_event_handler(Events.GET_BATCH_STARTED, phases.waiting)
     trainer.add_event_handler(Events.GET_BATCH_COMPLETED, phases.arrived)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, count)  # after the bundle's own handlers
-    trainer.add_event_handler(Events.STARTED, after_rules)
     start = time.perf_counter()
     workflow.run()
     end = time.perf_counter()
-    phases.end = end - epochs_end[-1]
+    phases.end = end - phases.last_done
     _report(end - start, sum(rows), trainer.state.iteration, losses, phases,
             channels_last=trained_channels_last(trainer.network))
 

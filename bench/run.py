@@ -7,8 +7,9 @@ Ratios are per round (the modes of a round run one after the other, their order 
 then the median over rounds, as single runs on shared cores vary by about 15%. Each run's seconds are split into
 waiting for batches, steps and the rest (start-up, epoch boundaries, end of the run: ``bench.loops.Phases``); the
 table shows the median per-round difference between the bundle and the plain loop in each, and the ratios over the
-epochs only: whole epochs with their boundaries (the bundle's epoch-end checkpoint and export included), without the
-run's final wait for its last writes (``end_s``, a once-per-run cost that a 1-epoch bench run weighs heavily).
+epochs only: whole epochs with the boundaries between them (the bundle's epoch-end checkpoint and export included),
+without what follows the last step (``end_s``: the run's final checkpoint and export, a once-per-run cost that a
+2-epoch bench run weighs heavily).
 
 ``--variants`` adds bundle runs with other config values to the same rounds, e.g. the options to choose by
 measurement on a machine: ``python -m bench --bundles simclr_cholec --variants '{"no_cl": {"channels_last": false},
@@ -160,7 +161,7 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
             for other in modes[1:]:
                 whole = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["bundle"], runs[other])]
-                # over the epochs only (their boundaries included, the run's final wait for its writes not)
+                # over the epochs only (the boundaries between them included, the run's final writes not)
                 epochs_only = [_epochs_rate(a) / _epochs_rate(b) for a, b in zip(runs["bundle"], runs[other])]
                 for key, ratios in ((f"ratio_vs_{other}", whole), (f"epochs_ratio_vs_{other}", epochs_only)):
                     entry[key] = statistics.median(ratios)
@@ -205,8 +206,8 @@ def median_interval(values: list[float], level: float = 0.95) -> list[float]:
 
 
 def _epochs_rate(run: dict) -> float:
-    """Samples/s over a run's epochs: its seconds less ``end_s``, the wait after the last epoch (for the bundle's
-    last checkpoint and export writes)."""
+    """Samples/s over a run's epochs: its seconds less ``end_s``, what follows its last step (the bundle's final
+    checkpoint and export writes)."""
     return run["samples"] / (run["seconds"] - run["end_s"])
 
 

@@ -240,11 +240,13 @@ class ResumableCheckpoint:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_every)
 
     def _save_every(self, engine: Engine) -> None:
-        """Every ``interval`` epochs, and after the run's last epoch whatever the interval: the checkpoint of a
-        finished run holds its final state (an epoch count that is not a multiple of the interval left it at the last
-        multiple)."""
-        if engine.state.epoch % self.interval == 0 or engine.state.epoch == engine.state.max_epochs:
-            self.save(engine, background=True)
+        """Every ``interval`` epochs, on the background thread, and after the run's last epoch whatever the interval:
+        the checkpoint of a finished run holds its final state (an epoch count that is not a multiple of the interval
+        left it at the last multiple). The last epoch's is written at once, without the copy of the state that a
+        background write needs: no step follows it, and the run waits for it anyway."""
+        last = engine.state.epoch == engine.state.max_epochs
+        if engine.state.epoch % self.interval == 0 or last:
+            self.save(engine, background=not last)
 
     def wait(self, engine: Engine | None = None) -> None:
         """Wait for the epoch-end checkpoint being written (at the end of the run); raise if it failed."""

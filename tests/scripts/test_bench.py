@@ -37,7 +37,7 @@ def test_reduced_bench_writes_consistent_medians(tmp_path):
             # the phases split the timed seconds: waits and steps are parts of it, the rest is what is left
             assert run["data_s"] > 0 and run["step_s"] > 0 and run["other_s"] >= 0, (mode, run)
             assert run["data_s"] + run["step_s"] + run["other_s"] == pytest.approx(run["seconds"])
-            # the wait after the last epoch is part of the rest; the bare loop has none
+            # what follows the last step (the final checkpoint and export) is part of the rest; the bare loop has none
             assert run["end_s"] <= run["other_s"] and (run["end_s"] > 0 if mode == "bundle" else run["end_s"] == 0)
         assert entry["samples_per_s"][mode] == pytest.approx(statistics.median(r["samples_per_s"] for r in runs))
     for bundle_run, plain_run in zip(entry["runs"]["bundle"], entry["runs"]["plain"]):

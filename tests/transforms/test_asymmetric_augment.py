@@ -244,9 +244,10 @@ def test_view2_matches_the_torchvision_recipe():
     pictures = [torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8) for _ in range(20)]
     for i, p in enumerate(pictures):
         torch.manual_seed(100 + i)
-        expected = recipe(p)
+        expected, after = recipe(p), torch.rand(1)
         torch.manual_seed(100 + i)
         assert torch.allclose(view2(p), expected, atol=1e-5), i
+        assert torch.equal(torch.rand(1), after), i  # the same random numbers drawn, no more, no fewer
 
 
 def test_simclr_augment_keeps_its_pipeline():
@@ -264,6 +265,7 @@ def test_simclr_augment_keeps_its_pipeline():
     for i in range(10):
         x = torch.rand(3, 40, 40)
         torch.manual_seed(i)
-        expected = recipe(x)
+        expected, after = recipe(x), torch.rand(1)
         torch.manual_seed(i)
         assert torch.allclose(aug(x), expected, atol=1e-5), i
+        assert torch.equal(torch.rand(1), after), i
