@@ -258,6 +258,15 @@ def test_pooled_rounds_are_the_chosen_sets_per_round_ratios(tmp_path):
     assert pooled["b"]["plain"]["ratios"] == pytest.approx([0.9, 1.0])
     assert pooled["b"]["lightly"]["ratios"] == pytest.approx([2.0])
     assert "(50.0%, 2 rounds) | 2.00 [2.00, 2.00] (0.0%, 1 round) |" in table(pooled)
+    # over the epochs: each run's samples over its seconds less end_s (what follows its last step)
+    epochs = {"label": "three", "bundles": {"c": {"runs": {
+        "bundle": [{"samples_per_s": 10.0, "samples": 100, "seconds": 10.0, "end_s": 2.0}],
+        "plain": [{"samples_per_s": 10.0, "samples": 100, "seconds": 10.0, "end_s": 0.0}]}}}}
+    path.write_text(json.dumps({"sets": sets + [epochs]}))
+    assert pool(path, since=3)["c"]["plain"]["ratios"] == pytest.approx([1.0])
+    assert pool(path, since=3, epochs_only=True)["c"]["plain"]["ratios"] == pytest.approx([(100 / 8) / (100 / 10)])
+    with pytest.raises(ValueError, match="set 1 .* no end_s"):
+        pool(path, since=1, epochs_only=True)
 
 
 def test_layout_comparison_times_the_same_step_in_both_layouts():
