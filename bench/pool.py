@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .run import _epochs_rate, median_interval
+from .run import epochs_rate, median_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHERS = ("plain", "lightly")
@@ -27,9 +27,9 @@ def pool(results: str | Path = ROOT / "docs" / "bench_results.json", since: int 
     in file order) ``since`` or later, or ``since_for[bundle]`` or later for the bundles it names; the ratios to a
     mode named in ``since_mode`` (``"plain"`` or ``"lightly"``) only from the set it gives on (a mode whose loop
     changed). With ``epochs_only`` the ratios are over each run's epochs (its seconds less ``end_s``, what follows its
-    last step: :func:`bench.run._epochs_rate`), as the bench's "epochs only" column."""
+    last step: :func:`bench.run.epochs_rate`), as the bench's "epochs only" column."""
     since_for, since_mode = dict(since_for or {}), dict(since_mode or {})
-    rate = _epochs_rate if epochs_only else (lambda run: run["samples_per_s"])
+    rate = epochs_rate if epochs_only else (lambda run: run["samples_per_s"])
     sets = json.loads(Path(results).read_text())["sets"]
     out: dict[str, dict] = {}
     for number, entry in enumerate(sets, start=1):

@@ -162,7 +162,7 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             for other in modes[1:]:
                 whole = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["bundle"], runs[other])]
                 # over the epochs only (the boundaries between them included, the run's final writes not)
-                epochs_only = [_epochs_rate(a) / _epochs_rate(b) for a, b in zip(runs["bundle"], runs[other])]
+                epochs_only = [epochs_rate(a) / epochs_rate(b) for a, b in zip(runs["bundle"], runs[other])]
                 for key, ratios in ((f"ratio_vs_{other}", whole), (f"epochs_ratio_vs_{other}", epochs_only)):
                     entry[key] = statistics.median(ratios)
                     entry[f"{key}_interval"] = median_interval(ratios)
@@ -205,7 +205,7 @@ def median_interval(values: list[float], level: float = 0.95) -> list[float]:
     return [xs[k - 1], xs[n - k], coverage(k)]
 
 
-def _epochs_rate(run: dict) -> float:
+def epochs_rate(run: dict) -> float:
     """Samples/s over a run's epochs: its seconds less ``end_s``, what follows its last step (the bundle's final
     checkpoint and export writes)."""
     return run["samples"] / (run["seconds"] - run["end_s"])
