@@ -4,7 +4,7 @@ Importing the package imports every submodule, so that MONAI's ComponentLocator 
 classes defined here by their short names in bundle configs (``"$import monai_ssl_ext"``).
 """
 
-__version__ = "0.7.4"
+__version__ = "0.7.5"
 
 from . import data, distributed, engines, handlers, losses, networks, optimizers, transforms, utils  # noqa: E402
 from . import encoders  # noqa: E402

@@ -89,3 +89,46 @@ def test_uint8_loading_keeps_pixels_and_orientation_and_refuses_16_bit(tmp_path)
         T.LoadPictured("image", dtype="uint8")({"image": str(tmp_path / "deep.png")})
     with pytest.raises(ValueError, match="dtype"):
         T.LoadPictured("image", dtype="int16")
+
+
+def _pictures(tmp_path) -> list:
+    """Non-square pictures of the modes a user's folder may hold, with distinct pixel values."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    made = {"rgb.jpg": Image.fromarray(rgb), "grey.png": Image.fromarray(rgb[..., 0]),
+            "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+            "palette.png": Image.fromarray(rgb).convert("P"), "rgb.bmp": Image.fromarray(rgb),
+            "rgb.tif": Image.fromarray(rgb), "deep.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)}
+    for name, picture in made.items():
+        picture.save(tmp_path / name)
+    return [tmp_path / name for name in made]
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # the reference's own
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_load_pictured_gives_monai_loadimaged_pixels_and_metadata(tmp_path, dtype):
+    """``LoadPictured`` reads pictures itself (no ``LoadImage`` dispatch): it must give what MONAI's
+    ``LoadImaged`` with ``PILReader(reverse_indexing=False)`` and ``ensure_channel_first`` gives, the
+    reference here, for every picture mode: values, dtype, channel-first layout, affine and the
+    reader's metadata (MONAI's ``spatial_shape`` is ``(W, H)``, ours ``(H, W)`` as the array)."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImaged
+
+    from monai_ssl_ext.transforms import LoadPictured
+
+    reference = LoadImaged("image", reader=PILReader(reverse_indexing=False), image_only=True,
+                           dtype=np.float32 if dtype == "float32" else None, ensure_channel_first=True)
+    ours = LoadPictured("image", dtype=dtype)
+    for path in _pictures(tmp_path):
+        if dtype == "uint8" and path.name == "deep.png":
+            continue  # refused (test above)
+        want = reference({"image": str(path)})["image"]
+        got = ours({"image": path})["image"]
+        assert got.dtype == want.dtype and got.shape == want.shape and got.stride() == want.stride(), path.name
+        assert torch.equal(got.as_tensor(), want.as_tensor()), path.name
+        assert torch.equal(got.affine, want.affine), path.name
+        assert got.meta["filename_or_obj"] == want.meta["filename_or_obj"] == str(path)
+        assert list(got.meta["spatial_shape"]) == list(want.meta["spatial_shape"])[::-1] == list(got.shape[1:])
+        for key in ("format", "mode", "width", "height"):
+            assert got.meta[key] == want.meta[key], (path.name, key)
+        np.testing.assert_equal(got.meta["original_channel_dim"], want.meta["original_channel_dim"])
