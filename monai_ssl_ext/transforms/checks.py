@@ -45,6 +45,8 @@ def read_picture(path, uint8_only: bool = False) -> MetaTensor:
     ``format``, ``mode``, ``width``, ``height``, ``spatial_shape`` ``(H, W)`` and ``original_channel_dim`` (-1, or
     NaN for one channel). Values are PIL's (no palette or mode conversion). Any read error, and with
     ``uint8_only`` a picture of more than 8 bits, raises :class:`ImageReadError` naming the file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ImageReadError(f"cannot read image {path!r}: one file path per key, not a {type(path).__name__}")
     name = os.path.expanduser(os.fspath(path))
     try:
         with Image.open(name) as picture:

@@ -89,6 +89,8 @@ def test_uint8_loading_keeps_pixels_and_orientation_and_refuses_16_bit(tmp_path)
         T.LoadPictured("image", dtype="uint8")({"image": str(tmp_path / "deep.png")})
     with pytest.raises(ValueError, match="dtype"):
         T.LoadPictured("image", dtype="int16")
+    with pytest.raises(T.ImageReadError, match="one file path per key, not a list"):
+        T.LoadPictured("image")({"image": [str(tmp_path / "p.png")] * 2})
 
 
 def _pictures(tmp_path) -> list:
