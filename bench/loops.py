@@ -19,7 +19,7 @@
 
 Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
 "loss_last", "data_s", "step_s", "other_s", "end_s"}`` (the first and last step's loss; where the seconds went,
-see :class:`Phases`), and in bundle runs ``"channels_last"``, the layout the network trained in; a sample is one
+see :class:`Phases`), ``"peak_gpu_mb"`` where the run trained on a GPU, and in bundle runs ``"channels_last"``, the layout the network trained in; a sample is one
 network input (all its views): one item, or one crop of an item where the bundle draws several (``vitautoenc_ct``).
 """
 
@@ -93,6 +93,10 @@ def _report(seconds: float, samples: int, steps: int, losses: list[float] | None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"seconds": seconds, "samples": samples, "steps": steps, "samples_per_s": samples / seconds,
            "peak_rss_mb": peak, **extra}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the run trained on the GPU
+        # the most GPU memory its tensors held at once: the peak of its largest step (activations, gradients,
+        # optimizer state and the batch; not the allocator's cached blocks)
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if losses:  # the loss of the first and of the last step (a check that the loop trains on something)
         out.update(loss_first=losses[0], loss_last=losses[-1])
     if phases is not None:

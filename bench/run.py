@@ -163,6 +163,9 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
+            gpu = _peak_gpu_mb(runs)
+            if gpu:
+                entry["peak_gpu_mb"] = gpu
             for other in modes[1:]:
                 whole = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs["bundle"], runs[other])]
                 # over the epochs only (the boundaries between them included, the run's final writes not)
@@ -189,8 +192,18 @@ def _variant(overrides: dict, bundle_runs: list[dict], runs: list[dict]) -> dict
     """A variant's entry: its overrides and runs, the median samples/s, and the median per-round ratio to the
     bundle run of the same round (with its interval)."""
     ratios = [v["samples_per_s"] / b["samples_per_s"] for v, b in zip(runs, bundle_runs)]
-    return {"overrides": overrides, "runs": runs, "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
-            "ratio_vs_bundle": statistics.median(ratios), "ratio_vs_bundle_interval": median_interval(ratios)}
+    out = {"overrides": overrides, "runs": runs, "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
+           "ratio_vs_bundle": statistics.median(ratios), "ratio_vs_bundle_interval": median_interval(ratios),
+           "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+    gpu = _peak_gpu_mb({"variant": runs})
+    if gpu:  # what an amp or layout variant saves on the GPU is as much a reason to choose it as its speed
+        out["peak_gpu_mb"] = gpu["variant"]
+    return out
+
+
+def _peak_gpu_mb(runs: dict[str, list[dict]]) -> dict[str, float]:
+    """Mode -> the largest ``peak_gpu_mb`` of its runs, for the modes whose every run trained on a GPU."""
+    return {m: max(x["peak_gpu_mb"] for x in v) for m, v in runs.items() if v and all("peak_gpu_mb" in x for x in v)}
 
 
 def median_interval(values: list[float], level: float = 0.95) -> list[float]:
@@ -221,6 +234,15 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def _peak(entry: dict) -> str:
+    """The peak-memory cell: RSS bundle / plain, and on a GPU the peak allocated there, bundle / plain."""
+    rss, gpu = entry["peak_rss_mb"], entry.get("peak_gpu_mb", {})
+    cell = f"{rss['bundle']:.0f} / {rss['plain']:.0f}"
+    if "bundle" in gpu and "plain" in gpu:
+        cell += f"; GPU {gpu['bundle']:.0f} / {gpu['plain']:.0f}"
+    return cell
+
+
 def table(results: dict) -> str:
     """The Markdown table of a results dict: medians over rounds; after each ratio, in brackets, the interval of its
     median (:func:`median_interval`, its coverage in the header)."""
@@ -231,7 +253,7 @@ def table(results: dict) -> str:
              f"{coverage:.1%}]).", "",
              "| bundle | epochs | bundle samples/s | plain samples/s | bundle / plain | lightly samples/s | bundle / lightly "
              "| epochs only: bundle / plain, / lightly | bundle − plain s: data / step / other (end) "
-             "| augmentation items/s (1 process) | peak RSS bundle / plain (MB) |",
+             "| augmentation items/s (1 process) | peak RSS bundle / plain (MB; on a GPU, then its peak allocated) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(e: dict, key: str) -> str:
@@ -248,13 +270,16 @@ def table(results: dict) -> str:
         epochs = f"{ratio(e, 'epochs_ratio_vs_plain')}, {ratio(e, 'epochs_ratio_vs_lightly')}"
         lines.append(f"| {name} | {e['epochs']} | {sps['bundle']:.1f} | {sps['plain']:.1f} | {ratio(e, 'ratio_vs_plain')} "
                      f"| {light} | {ratio(e, 'ratio_vs_lightly')} | {epochs} | {gap} | {e['augment_items_per_s']:.1f} | "
-                     f"{rss['bundle']:.0f} / {rss['plain']:.0f} |")
+                     f"{_peak(e)} |")
     rows = [(name, label, v) for name, e in results["bundles"].items() for label, v in e.get("variants", {}).items()]
     if rows:
-        lines += ["", "| bundle | variant | overrides | variant samples/s | variant / bundle |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| bundle | variant | overrides | variant samples/s | variant / bundle | variant peak RSS "
+                  "(MB; on a GPU, then its peak allocated) |", "|---|---|---|---|---|---|"]
         for name, label, v in rows:
             low, high, _ = v["ratio_vs_bundle_interval"]
+            peak = f"{v['peak_rss_mb']:.0f}" if "peak_rss_mb" in v else "–"  # sets before the column have none
+            if "peak_gpu_mb" in v:
+                peak += f"; GPU {v['peak_gpu_mb']:.0f}"
             lines.append(f"| {name} | {label} | `{json.dumps(v['overrides'])}` | {v['samples_per_s']:.1f} "
-                         f"| {v['ratio_vs_bundle']:.2f} [{low:.2f}, {high:.2f}] |")
+                         f"| {v['ratio_vs_bundle']:.2f} [{low:.2f}, {high:.2f}] | {peak} |")
     return "\n".join(lines) + "\n"

@@ -341,3 +341,44 @@ def test_plain_loop_trains_in_the_bundles_precision(tmp_path, capsys):
     amp_bundle, amp_plain = first_loss(bundle, amp=True), first_loss(plain, amp=True)
     assert amp_plain == pytest.approx(amp_bundle, rel=1e-6)
     assert first_loss(plain, amp=False) != pytest.approx(amp_bundle, rel=1e-4)  # the precision shows in the loss
+
+
+def test_a_gpu_run_reports_its_peak_gpu_memory(monkeypatch, capsys):
+    """On a GPU each run reports the most memory its tensors held at once (``torch.cuda.max_memory_allocated``,
+    the peak of its largest step); a CPU run reports none, rather than a zero that reads as a measurement."""
+    import torch
+
+    from bench.loops import _report
+
+    _report(2.0, 8, 2)
+    assert "peak_gpu_mb" not in json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 3 * 2**20 + 2**19)
+    _report(2.0, 8, 2)
+    out = json.loads(capsys.readouterr().out)
+    assert out["peak_gpu_mb"] == 3.5 and out["samples_per_s"] == 4.0
+
+
+def test_gpu_peaks_reach_the_table_per_mode_and_variant(tmp_path, monkeypatch):
+    """The bench keeps each mode's and variant's largest GPU peak over its rounds and prints it beside the RSS: the
+    memory an amp or layout variant saves is as much a reason to choose it as its speed."""
+    import bench.run as bench_run
+
+    gpu = {("bundle", None): [900.0, 950.0], ("plain", None): [800.0, 700.0], ("bundle", True): [500.0, 450.0]}
+
+    def fake_run(loop, configs, overrides, epochs, threads):
+        peak = gpu[(loop, overrides.get("amp"))].pop(0)
+        return {"samples_per_s": 10.0, "samples": 10.0, "seconds": 1.0, "peak_rss_mb": 2000.0, "peak_gpu_mb": peak,
+                **{f"{p}_s": 0.0 for p in ("data", "step", "other", "end")}}
+
+    monkeypatch.setattr(bench_run, "run_mode", fake_run)
+    monkeypatch.setattr(bench_run, "demo_data", lambda kind, cache, sizes=None: str(tmp_path))
+    monkeypatch.setattr(bench_run, "augment_rate", lambda *a, **k: 1.0)
+    res = bench_run.run_bench("vitautoenc_ct", rounds=2, out=str(tmp_path / "out"), lightly=False,
+                              variants={"amp": {"amp": True}})
+    entry = res["bundles"]["vitautoenc_ct"]
+    assert entry["peak_gpu_mb"] == {"bundle": 950.0, "plain": 800.0}
+    assert entry["variants"]["amp"]["peak_gpu_mb"] == 500.0
+    md = bench_run.table(res)
+    assert "| 2000 / 2000; GPU 950 / 800 |" in md and "| 2000; GPU 500 |" in md
