@@ -179,6 +179,15 @@ def _training_rules(parser, trainer, loader, epochs: int):
     return hub
 
 
+def cuda_amp(trainer) -> bool:
+    """Whether the trainer's iteration runs under CUDA autocast with a ``GradScaler``, as MONAI's ``Trainer.run``
+    decides it: ``amp`` on a CUDA device. Read from ``amp`` and the device, not from ``trainer.scaler``: MONAI makes
+    the scaler in ``run()``, which the plain loop never calls (before, the plain loop took ``scaler is None`` for amp
+    off and would have trained in float32 against the bundle's float16 on a GPU). On a CPU the SSL inferer autocasts
+    the forward in bfloat16 itself (:class:`monai_ssl_ext.engines.ssl_trainer.ViewsInferer`)."""
+    return bool(trainer.amp) and torch.device(trainer.state.device).type == "cuda"
+
+
 def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     """The bundle's components in a bare loop over ``epochs`` whole epochs (the run's length is ``epochs``, as in
     ``bundle`` mode, for the schedule and the rules), with the bundle's training rules (:data:`TRAINING_RULES`:
@@ -193,10 +202,8 @@ def plain(configs: list[str], overrides: dict, epochs: int) -> None:
     set_determinism(seed=parser.get_parsed_content("seed"))
     trainer = parser.get_parsed_content("train#trainer")
     loader, network, optimizer = trainer.data_loader, trainer.network, trainer.optimizer
-    # the trainer's precision, as MONAI's iteration sets it: with amp, CUDA autocast and the trainer's GradScaler (on a
-    # CPU these do nothing, and the SSL inferer autocasts the forward in bfloat16); without, a disabled scaler
-    amp = bool(trainer.amp and trainer.scaler is not None)
-    scaler = trainer.scaler if amp else torch.amp.GradScaler("cuda", enabled=False)
+    amp = cuda_amp(trainer)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     hub = _training_rules(parser, trainer, loader, epochs)
     fire = (lambda event: None) if hub is None else hub.fire_event
     network.train()
@@ -236,7 +243,10 @@ def _lightly_loop(parser, views, step, epochs: int, momentum=None, before_epoch=
     ``momentum(network, progress)`` after each step (the momentum methods' target update, with lightly's
     ``update_momentum``); ``before_epoch(network, epoch)`` and
     ``before_step(network, step)`` (0-based) where a method has rules there (SwAV's queue start, prototype freeze and
-    normalisation)."""
+    normalisation). The network is the bundle's ``network`` in PyTorch's default memory layout, as a user's loop has
+    it: the bundle's ``channels_last`` (on in SimCLR and BYOL, where it was measured faster) is the bundle's, not
+    lightly's. ``amp`` is CUDA autocast with gradient scaling on a GPU and nothing on a CPU (the bundles' ``amp`` is
+    off on CPUs)."""
     from monai.utils import convert_to_tensor, set_determinism
 
     set_determinism(seed=parser.get_parsed_content("seed"))

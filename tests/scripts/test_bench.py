@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def test_reduced_bench_writes_consistent_medians(tmp_path):
@@ -382,3 +383,22 @@ def test_gpu_peaks_reach_the_table_per_mode_and_variant(tmp_path, monkeypatch):
     assert entry["variants"]["amp"]["peak_gpu_mb"] == 500.0
     md = bench_run.table(res)
     assert "| 2000 / 2000; GPU 950 / 800 |" in md and "| 2000; GPU 500 |" in md
+
+
+
+@pytest.mark.parametrize("amp, device, expected", [(True, "cuda:0", True), (False, "cuda:0", False),
+                                                   (True, "cpu", False)])
+def test_plain_loop_takes_amp_as_monai_run_does(amp, device, expected):
+    """On a GPU the bundle trains under CUDA autocast with a GradScaler when ``amp`` is on. MONAI makes that scaler
+    in ``Trainer.run()``, which the plain loop never calls: the trainer it gets has ``scaler`` None whatever
+    ``amp`` is, and reading amp from the scaler would run the plain loop in float32 against the bundle's float16.
+    No GPU here: an SSL trainer is built for a CUDA device (nothing runs on it) and the decision checked."""
+    from monai_ssl_ext.engines.ssl_trainer import SSLTrainer
+
+    from bench.loops import cuda_amp
+
+    net = torch.nn.Linear(2, 2)
+    trainer = SSLTrainer(torch.device(device), 1, [], net, torch.optim.SGD(net.parameters(), lr=0.1),
+                         lambda a, b: (a - b).pow(2).mean(), amp=amp)
+    assert trainer.scaler is None  # as the plain loop sees it: MONAI's run() has not made it
+    assert cuda_amp(trainer) is expected
