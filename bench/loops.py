@@ -19,8 +19,9 @@
 
 Each prints one JSON line: ``{"seconds", "samples", "steps", "samples_per_s", "peak_rss_mb", "loss_first",
 "loss_last", "data_s", "step_s", "other_s", "end_s"}`` (the first and last step's loss; where the seconds went,
-see :class:`Phases`), ``"peak_gpu_mb"`` where the run trained on a GPU, and in bundle runs ``"channels_last"``, the layout the network trained in; a sample is one
-network input (all its views): one item, or one crop of an item where the bundle draws several (``vitautoenc_ct``).
+see :class:`Phases`), ``"peak_gpu_mb"`` where the run trained on a GPU, and in bundle runs ``"channels_last"``, the
+layout the network trained in; a sample is one network input (all its views): one item, or one crop of an item where
+the bundle draws several (``vitautoenc_ct``).
 """
 
 from __future__ import annotations

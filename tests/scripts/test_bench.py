@@ -347,8 +347,6 @@ def test_plain_loop_trains_in_the_bundles_precision(tmp_path, capsys):
 def test_a_gpu_run_reports_its_peak_gpu_memory(monkeypatch, capsys):
     """On a GPU each run reports the most memory its tensors held at once (``torch.cuda.max_memory_allocated``,
     the peak of its largest step); a CPU run reports none, rather than a zero that reads as a measurement."""
-    import torch
-
     from bench.loops import _report
 
     _report(2.0, 8, 2)
@@ -383,7 +381,6 @@ def test_gpu_peaks_reach_the_table_per_mode_and_variant(tmp_path, monkeypatch):
     assert entry["variants"]["amp"]["peak_gpu_mb"] == 500.0
     md = bench_run.table(res)
     assert "| 2000 / 2000; GPU 950 / 800 |" in md and "| 2000; GPU 500 |" in md
-
 
 
 @pytest.mark.parametrize("amp, device, expected", [(True, "cuda:0", True), (False, "cuda:0", False),
