@@ -163,7 +163,7 @@ def run_bench(bundles: str | None = None, rounds: int = 5, epochs: int | None = 
             entry = {"settings": extra, "demo_data": kind, "epochs": n_epochs, "runs": runs,
                      "samples_per_s": {m: statistics.median(x["samples_per_s"] for x in v) for m, v in runs.items()},
                      "peak_rss_mb": {m: max(x["peak_rss_mb"] for x in v) for m, v in runs.items()}}
-            gpu = _peak_gpu_mb(runs)
+            gpu = {m: peak for m, v in runs.items() if (peak := _gpu_peak(v)) is not None}
             if gpu:
                 entry["peak_gpu_mb"] = gpu
             for other in modes[1:]:
@@ -195,15 +195,15 @@ def _variant(overrides: dict, bundle_runs: list[dict], runs: list[dict]) -> dict
     out = {"overrides": overrides, "runs": runs, "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
            "ratio_vs_bundle": statistics.median(ratios), "ratio_vs_bundle_interval": median_interval(ratios),
            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
-    gpu = _peak_gpu_mb({"variant": runs})
-    if gpu:  # what an amp or layout variant saves on the GPU is as much a reason to choose it as its speed
-        out["peak_gpu_mb"] = gpu["variant"]
+    peak = _gpu_peak(runs)
+    if peak is not None:  # what an amp or layout variant saves on the GPU is as much a reason to choose it as its speed
+        out["peak_gpu_mb"] = peak
     return out
 
 
-def _peak_gpu_mb(runs: dict[str, list[dict]]) -> dict[str, float]:
-    """Mode -> the largest ``peak_gpu_mb`` of its runs, for the modes whose every run trained on a GPU."""
-    return {m: max(x["peak_gpu_mb"] for x in v) for m, v in runs.items() if v and all("peak_gpu_mb" in x for x in v)}
+def _gpu_peak(runs: list[dict]) -> float | None:
+    """The largest ``peak_gpu_mb`` of ``runs``; None unless every run trained on a GPU."""
+    return max(r["peak_gpu_mb"] for r in runs) if runs and all("peak_gpu_mb" in r for r in runs) else None
 
 
 def median_interval(values: list[float], level: float = 0.95) -> list[float]:
